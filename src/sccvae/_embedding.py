@@ -1,0 +1,76 @@
+"""Gene embeddings for perturbation targets derived from control-cell coexpression."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from sklearn.utils.extmath import randomized_svd
+
+logger = logging.getLogger(__name__)
+
+
+def coexpression_embedding(
+    control_expression: np.ndarray | sp.spmatrix,
+    gene_names: list[str] | pd.Index,
+    n_components: int = 50,
+    max_cells: int = 20_000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Embed every measured gene by PCA of its expression profile across control cells.
+
+    Each gene is a point whose coordinates are its (standardised) expression in each control
+    cell; genes that co-vary across unperturbed cells land close together. This needs no
+    outside knowledge, so any *measured* gene can be embedded, which is what lets the model
+    and the linear baseline represent perturbations never seen in training.
+
+    Parameters
+    ----------
+    control_expression
+        Control cells x genes, on the scale the model sees (log-normalised by default).
+    gene_names
+        Names of the columns of ``control_expression``.
+    n_components
+        Embedding dimension; capped at ``min(n_genes, n_cells) - 1``.
+    max_cells
+        Control cells beyond this number are subsampled (seeded) to bound time and memory.
+    seed
+        Seed for the cell subsample and the randomized SVD.
+
+    Returns
+    -------
+    A ``genes x n_components`` DataFrame indexed by gene name. Genes that never vary across
+    control cells get the zero vector.
+    """
+    n_cells, n_genes = control_expression.shape
+    if n_genes != len(gene_names):
+        raise ValueError(f"{n_genes} columns but {len(gene_names)} gene names.")
+    if n_cells < 2:
+        raise ValueError("The coexpression embedding needs at least 2 control cells.")
+    rng = np.random.default_rng(seed)
+    if n_cells > max_cells:
+        rows = np.sort(rng.choice(n_cells, size=max_cells, replace=False))
+        control_expression = control_expression[rows]
+    dense = (
+        control_expression.toarray()
+        if sp.issparse(control_expression)
+        else np.asarray(control_expression)
+    )
+    profiles = dense.T.astype(np.float64)  # genes x cells
+    profiles -= profiles.mean(axis=1, keepdims=True)
+    scale = profiles.std(axis=1, keepdims=True)
+    profiles = np.divide(profiles, scale, out=np.zeros_like(profiles), where=scale > 0)
+    # centre across genes too, as PCA of the genes x cells matrix does
+    profiles -= profiles.mean(axis=0, keepdims=True)
+    k = int(min(n_components, min(profiles.shape) - 1))
+    if k < 1:
+        raise ValueError("Too few genes or control cells for a coexpression embedding.")
+    u, s, _ = randomized_svd(profiles, n_components=k, random_state=seed)
+    coords = (u * s).astype(np.float32)
+    coords[scale.ravel() == 0] = 0.0
+    logger.info("Coexpression embedding: %d genes x %d components", n_genes, k)
+    return pd.DataFrame(
+        coords, index=pd.Index([str(g) for g in gene_names]), columns=[f"PC{i + 1}" for i in range(k)]
+    )
