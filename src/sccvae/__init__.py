@@ -5,6 +5,12 @@ from __future__ import annotations
 import logging
 from importlib.metadata import PackageNotFoundError, version
 
+from ._dataloading import PairedPerturbationSampler, PerturbationDataSplitter
+from ._model import SCCVAE
+from ._module import SCCVAEModule
+from ._scm import LatentSCM, build_graph_mask
+from ._training_plan import SCCVAETrainingPlan
+
 try:
     __version__ = version("sccvae")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
@@ -12,4 +18,13 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["__version__"]
+__all__ = [
+    "SCCVAE",
+    "SCCVAEModule",
+    "SCCVAETrainingPlan",
+    "LatentSCM",
+    "PairedPerturbationSampler",
+    "PerturbationDataSplitter",
+    "build_graph_mask",
+    "__version__",
+]

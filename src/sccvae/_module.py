@@ -1,0 +1,299 @@
+"""The causal VAE as a pure-torch scvi-tools module."""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scvi.distributions import NegativeBinomial
+from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
+from scvi.nn import Encoder, FCLayers
+from torch import nn
+from torch.distributions import Normal, kl_divergence
+
+from ._constants import REGISTRY_KEYS
+from ._losses import mmd_rbf
+from ._scm import LatentSCM
+
+logger = logging.getLogger(__name__)
+
+Likelihood = Literal["gaussian", "nb"]
+
+# Counts are put on a log scale of this many counts per cell before the encoder and the MMD.
+_NB_SCALE_FACTOR = 1e4
+
+
+class SCCVAEModule(BaseModuleClass):
+    """Causal VAE: exogenous encoder, shift interventions, latent SCM, decoder.
+
+    A minibatch holds perturbed cells of one perturbation and as many control cells. The
+    control cells are encoded to exogenous noise ``z``; the perturbation's targets give the
+    shift ``sum_t c_t softmax(f(e_t))``; the latent SCM propagates ``z + shift`` to causal
+    variables ``u``; the decoder maps ``u`` to expression, compared with the perturbed cells.
+
+    Parameters
+    ----------
+    n_input
+        Number of genes.
+    graph_mask
+        Strictly upper-triangular ``n_latent x n_latent`` 0/1 mask of allowed edges.
+    label_targets
+        ``n_labels x n_targets`` 0/1 matrix: which training targets each registered
+        perturbation label switches on (all-zero row for the control label).
+    target_embedding
+        ``n_targets x k`` embedding of each training target.
+    n_hidden, n_layers
+        Width and depth of encoder and decoder.
+    n_hidden_perturbation
+        Width of the hidden layer of the perturbation encoder.
+    dropout_rate
+        Dropout in encoder and decoder.
+    likelihood
+        ``"gaussian"`` (mean squared error on log-normalised data) or ``"nb"``
+        (negative binomial on counts with the observed library size).
+    mmd_weight, control_reconstruction_weight
+        ``alpha`` and ``lambda`` of the loss.
+    seed
+        Seed of the initial SCM weights.
+    """
+
+    def __init__(
+        self,
+        n_input: int,
+        graph_mask: np.ndarray,
+        label_targets: np.ndarray,
+        target_embedding: np.ndarray,
+        n_hidden: int = 256,
+        n_layers: int = 2,
+        n_hidden_perturbation: int = 128,
+        dropout_rate: float = 0.0,
+        likelihood: Likelihood = "gaussian",
+        mmd_weight: float = 10.0,
+        control_reconstruction_weight: float = 0.25,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if likelihood not in ("gaussian", "nb"):
+            raise ValueError(f"likelihood must be 'gaussian' or 'nb', got {likelihood!r}.")
+        n_latent = int(np.asarray(graph_mask).shape[0])
+        self.n_input = n_input
+        self.n_latent = n_latent
+        self.likelihood = likelihood
+        self.mmd_weight = mmd_weight
+        self.control_reconstruction_weight = control_reconstruction_weight
+
+        label_targets = torch.as_tensor(np.asarray(label_targets), dtype=torch.float32)
+        target_embedding = torch.as_tensor(np.asarray(target_embedding), dtype=torch.float32)
+        self.register_buffer("label_targets", label_targets)
+        self.register_buffer("label_is_control", label_targets.sum(dim=1) == 0)
+        self.register_buffer("target_embedding", target_embedding)
+        n_targets, embedding_dim = target_embedding.shape
+        # Predicts the magnitude of targets absent from training from their embedding; fitted
+        # after training on the learned magnitudes (see SCCVAE.train), zero-slope until then.
+        self.register_buffer("magnitude_coef", torch.zeros(embedding_dim))
+        self.register_buffer("magnitude_intercept", torch.ones(()))
+
+        mlp_kwargs = {
+            "use_batch_norm": False,
+            "use_layer_norm": True,
+            "activation_fn": nn.LeakyReLU,
+        }
+        self.encoder = Encoder(
+            n_input,
+            n_latent,
+            n_layers=n_layers,
+            n_hidden=n_hidden,
+            dropout_rate=dropout_rate,
+            var_eps=1e-4,
+            return_dist=True,
+            **mlp_kwargs,
+        )
+        self.perturbation_encoder = nn.Sequential(
+            FCLayers(embedding_dim, n_hidden_perturbation, n_layers=1, dropout_rate=0.0, **mlp_kwargs),
+            nn.Linear(n_hidden_perturbation, n_latent),
+        )
+        self.magnitude = nn.Parameter(torch.ones(n_targets))
+        self.scm = LatentSCM(graph_mask, seed=seed)
+        self.decoder_body = FCLayers(
+            n_latent, n_hidden, n_layers=n_layers, n_hidden=n_hidden, dropout_rate=dropout_rate, **mlp_kwargs
+        )
+        self.decoder_out = nn.Linear(n_hidden, n_input)
+        if likelihood == "nb":
+            self.log_dispersion = nn.Parameter(torch.zeros(n_input))
+
+    # ----------------------------------------------------------------- interventions
+    def target_distribution(self, target_embedding: torch.Tensor | None = None) -> torch.Tensor:
+        """Soft choice of latent nodes for each target: ``softmax(f(e_t))``, ``targets x d``."""
+        embedding = self.target_embedding if target_embedding is None else target_embedding
+        return torch.softmax(self.perturbation_encoder(embedding), dim=-1)
+
+    def predicted_magnitude(self, target_embedding: torch.Tensor) -> torch.Tensor:
+        """Shift magnitude of targets not seen in training, from their embedding."""
+        return target_embedding @ self.magnitude_coef + self.magnitude_intercept
+
+    def shift(
+        self,
+        target_weights: torch.Tensor,
+        target_embedding: torch.Tensor | None = None,
+        magnitude: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Latent shift ``sum_t w_t c_t a_t`` for each row of ``target_weights`` (cells x targets).
+
+        Without ``target_embedding`` / ``magnitude`` the training targets are used; pass both
+        to intervene on any set of targets (e.g. unseen genes) or to scale a knock-down.
+        """
+        magnitude = self.magnitude if magnitude is None else magnitude
+        per_target = magnitude[:, None] * self.target_distribution(target_embedding)
+        return target_weights @ per_target
+
+    # ----------------------------------------------------------------- scvi interface
+    def _split_batch(self, tensors: dict[str, torch.Tensor]):
+        x = tensors[REGISTRY_KEYS.X_KEY]
+        labels = tensors[REGISTRY_KEYS.PERTURBATION_KEY].long().view(-1)
+        is_control = self.label_is_control[labels]
+        control_x = x[is_control]
+        perturbed_x = x[~is_control]
+        perturbed_labels = labels[~is_control]
+        n_pairs = min(control_x.shape[0], perturbed_x.shape[0])
+        return control_x, perturbed_x[:n_pairs], perturbed_labels[:n_pairs]
+
+    def _get_inference_input(self, tensors: dict[str, torch.Tensor], **kwargs) -> dict:
+        control_x, perturbed_x, perturbed_labels = self._split_batch(tensors)
+        return {"x": control_x}
+
+    def _get_generative_input(self, tensors, inference_outputs, **kwargs) -> dict:
+        control_x, perturbed_x, perturbed_labels = self._split_batch(tensors)
+        weights = torch.zeros(
+            control_x.shape[0], self.label_targets.shape[1], device=control_x.device
+        )
+        weights[: perturbed_labels.shape[0]] = self.label_targets[perturbed_labels]
+        return {
+            "z": inference_outputs["z"],
+            "target_weights": weights,
+            "library": self._library(perturbed_x, control_x),
+        }
+
+    def _library(self, perturbed_x: torch.Tensor, control_x: torch.Tensor) -> torch.Tensor:
+        """Library size used for each prediction: the paired perturbed cell's, else its own."""
+        library = control_x.sum(dim=1, keepdim=True)
+        if self.likelihood == "nb" and perturbed_x.shape[0] > 0:
+            library = library.clone()
+            library[: perturbed_x.shape[0]] = perturbed_x.sum(dim=1, keepdim=True)
+        return library
+
+    def _encoder_input(self, x: torch.Tensor) -> torch.Tensor:
+        if self.likelihood == "nb":
+            return torch.log1p(_NB_SCALE_FACTOR * x / x.sum(dim=1, keepdim=True).clamp_min(1.0))
+        return x
+
+    @auto_move_data
+    def inference(self, x: torch.Tensor, n_samples: int = 1) -> dict:
+        """Encode control cells to the exogenous posterior ``q(z | x)`` and a sample of it."""
+        qz, z = self.encoder(self._encoder_input(x))
+        if n_samples > 1:
+            z = qz.rsample((n_samples,))
+        return {"qz": qz, "z": z}
+
+    def decode(self, u: torch.Tensor) -> torch.Tensor:
+        """Decoder output: mean log-expression (gaussian) or expression proportions (nb)."""
+        out = self.decoder_out(self.decoder_body(u))
+        return torch.softmax(out, dim=-1) if self.likelihood == "nb" else out
+
+    @auto_move_data
+    def generative(
+        self,
+        z: torch.Tensor,
+        target_weights: torch.Tensor,
+        library: torch.Tensor | None = None,
+        target_embedding: torch.Tensor | None = None,
+        magnitude: torch.Tensor | None = None,
+    ) -> dict:
+        """Shift, propagate and decode: predictions for the perturbed and the unperturbed state."""
+        shift = self.shift(target_weights, target_embedding, magnitude)
+        u = self.scm(z, shift)
+        u_control = self.scm(z)
+        return {
+            "shift": shift,
+            "u": u,
+            "u_control": u_control,
+            "prediction": self.decode(u),
+            "control_prediction": self.decode(u_control),
+            "library": library,
+        }
+
+    def expression_mean(self, decoded: torch.Tensor, library: torch.Tensor | None) -> torch.Tensor:
+        """Decoder output in the input's space (log-normalised values or expected counts)."""
+        if self.likelihood == "nb":
+            return decoded * library
+        return decoded
+
+    def loss(
+        self,
+        tensors: dict[str, torch.Tensor],
+        inference_outputs: dict,
+        generative_outputs: dict,
+        kl_weight: float = 1.0,
+    ) -> LossOutput:
+        """MSE (or NB NLL) + alpha * MMD + beta * KL + lambda * control reconstruction."""
+        control_x, perturbed_x, _ = self._split_batch(tensors)
+        n_pairs = perturbed_x.shape[0]
+        prediction = generative_outputs["prediction"]
+        control_prediction = generative_outputs["control_prediction"]
+        qz = inference_outputs["qz"]
+
+        kl_per_cell = kl_divergence(qz, Normal(torch.zeros_like(qz.loc), torch.ones_like(qz.scale))).mean(-1)
+        control_rec = self._reconstruction(control_prediction, control_x)
+        perturbed_rec = torch.zeros_like(control_rec)
+        mmd = torch.zeros((), device=control_x.device)
+        if n_pairs > 0:
+            perturbed_rec[:n_pairs] = self._reconstruction(prediction[:n_pairs], perturbed_x)
+            if n_pairs > 1:
+                mmd = mmd_rbf(self._mmd_space(prediction[:n_pairs]), self._mmd_space(perturbed_x, observed=True))
+        perturbed_term = perturbed_rec[:n_pairs].mean() if n_pairs > 0 else mmd
+        total = (
+            perturbed_term
+            + self.mmd_weight * mmd
+            + kl_weight * kl_per_cell.mean()
+            + self.control_reconstruction_weight * control_rec.mean()
+        )
+        return LossOutput(
+            loss=total,
+            reconstruction_loss=perturbed_rec + self.control_reconstruction_weight * control_rec,
+            kl_local=kl_per_cell,
+            extra_metrics={
+                "perturbed_reconstruction": perturbed_term.detach(),
+                "mmd": mmd.detach(),
+                "kl": kl_per_cell.mean().detach(),
+                "control_reconstruction": control_rec.mean().detach(),
+            },
+        )
+
+    def _reconstruction(self, decoded: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
+        """Per-cell reconstruction error, averaged over genes (the reference's MSE scale)."""
+        if self.likelihood == "gaussian":
+            return F.mse_loss(decoded, observed, reduction="none").mean(dim=1)
+        library = observed.sum(dim=1, keepdim=True)
+        nb = NegativeBinomial(mu=decoded * library, theta=self.log_dispersion.exp())
+        return -nb.log_prob(observed).mean(dim=1)
+
+    def _mmd_space(self, values: torch.Tensor, observed: bool = False) -> torch.Tensor:
+        if self.likelihood == "gaussian":
+            return values
+        if observed:
+            values = values / values.sum(dim=1, keepdim=True).clamp_min(1.0)
+        return torch.log1p(_NB_SCALE_FACTOR * values)
+
+    @torch.inference_mode()
+    def sample(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Counterfactual expression for a paired minibatch, in the input's space.
+
+        Each control cell of ``tensors`` is pushed through the perturbation of the perturbed
+        cell it is paired with (control cells without a partner stay unperturbed).
+        """
+        inference_outputs = self.inference(**self._get_inference_input(tensors))
+        generative_inputs = self._get_generative_input(tensors, inference_outputs)
+        outputs = self.generative(**generative_inputs)
+        return self.expression_mean(outputs["prediction"], outputs["library"])
