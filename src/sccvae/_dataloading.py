@@ -214,7 +214,8 @@ class PerturbationDataSplitter(pl.LightningDataModule):
             shuffle=shuffle,
             seed=self.seed,
         )
-        return PairedPerturbationDataLoader(self.adata_manager, indices, sampler, **self.loader_kwargs)
+        # sampler by keyword: Lightning re-creates the loader with a distributed sampler=
+        return PairedPerturbationDataLoader(self.adata_manager, indices, sampler=sampler, **self.loader_kwargs)
 
     def _validation_indices(self) -> np.ndarray:
         """Validation cells, paired with training controls when none were held out."""

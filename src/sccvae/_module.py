@@ -56,6 +56,11 @@ class SCCVAEModule(BaseModuleClass):
         (negative binomial on counts with the observed library size).
     mmd_weight, control_reconstruction_weight
         ``alpha`` and ``lambda`` of the loss.
+    init_magnitude
+        Initial shift magnitude ``c_t`` of every target (the reference uses 1).
+    target_temperature
+        Temperature of the softmax over latent nodes. Below 1 it sharpens the initial
+        choice of nodes and speeds up learning which nodes a target moves; 1 is the reference.
     seed
         Seed of the initial SCM weights.
     """
@@ -73,6 +78,8 @@ class SCCVAEModule(BaseModuleClass):
         likelihood: Likelihood = "gaussian",
         mmd_weight: float = 10.0,
         control_reconstruction_weight: float = 0.25,
+        init_magnitude: float = 3.0,
+        target_temperature: float = 0.2,
         seed: int = 0,
     ):
         super().__init__()
@@ -84,6 +91,9 @@ class SCCVAEModule(BaseModuleClass):
         self.likelihood = likelihood
         self.mmd_weight = mmd_weight
         self.control_reconstruction_weight = control_reconstruction_weight
+        if target_temperature <= 0:
+            raise ValueError(f"target_temperature must be positive, got {target_temperature}.")
+        self.target_temperature = target_temperature
 
         label_targets = torch.as_tensor(np.asarray(label_targets), dtype=torch.float32)
         target_embedding = torch.as_tensor(np.asarray(target_embedding), dtype=torch.float32)
@@ -94,7 +104,7 @@ class SCCVAEModule(BaseModuleClass):
         # Predicts the magnitude of targets absent from training from their embedding; fitted
         # after training on the learned magnitudes (see SCCVAE.train), zero-slope until then.
         self.register_buffer("magnitude_coef", torch.zeros(embedding_dim))
-        self.register_buffer("magnitude_intercept", torch.ones(()))
+        self.register_buffer("magnitude_intercept", torch.tensor(float(init_magnitude)))
 
         mlp_kwargs = {
             "use_batch_norm": False,
@@ -115,7 +125,7 @@ class SCCVAEModule(BaseModuleClass):
             FCLayers(embedding_dim, n_hidden_perturbation, n_layers=1, dropout_rate=0.0, **mlp_kwargs),
             nn.Linear(n_hidden_perturbation, n_latent),
         )
-        self.magnitude = nn.Parameter(torch.ones(n_targets))
+        self.magnitude = nn.Parameter(torch.full((n_targets,), float(init_magnitude)))
         self.scm = LatentSCM(graph_mask, seed=seed)
         self.decoder_body = FCLayers(
             n_latent, n_hidden, n_layers=n_layers, n_hidden=n_hidden, dropout_rate=dropout_rate, **mlp_kwargs
@@ -128,7 +138,7 @@ class SCCVAEModule(BaseModuleClass):
     def target_distribution(self, target_embedding: torch.Tensor | None = None) -> torch.Tensor:
         """Soft choice of latent nodes for each target: ``softmax(f(e_t))``, ``targets x d``."""
         embedding = self.target_embedding if target_embedding is None else target_embedding
-        return torch.softmax(self.perturbation_encoder(embedding), dim=-1)
+        return torch.softmax(self.perturbation_encoder(embedding) / self.target_temperature, dim=-1)
 
     def predicted_magnitude(self, target_embedding: torch.Tensor) -> torch.Tensor:
         """Shift magnitude of targets not seen in training, from their embedding."""

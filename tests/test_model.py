@@ -1,0 +1,232 @@
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+import sccvae
+from sccvae import SCCVAE
+
+from .conftest import make_toy_adata
+
+
+def _observed_mean(adata, label):
+    return np.asarray(adata[adata.obs["perturbation"] == label].X.mean(axis=0)).ravel()
+
+
+def test_loss_decreases_and_validation_runs(trained_model):
+    history = trained_model.history
+    train = history["train_loss"]["train_loss"].to_numpy()
+    assert train[-5:].mean() < 0.5 * train[:3].mean()
+    assert "validation_loss" in history and len(history["validation_loss"]) == 40
+    assert "model_selection_validation" in history
+    assert history["kl_weight"]["kl_weight"].iloc[0] == 0.0
+    assert history["kl_weight"]["kl_weight"].iloc[-1] > 0.9
+
+
+def test_trained_perturbations_beat_control_mean(trained_model):
+    adata = trained_model.adata
+    control_mean = _observed_mean(adata, "control")
+    labels = [f"g{i}" for i in range(8)] + ["g0+g1"]
+    pred = trained_model.predict(labels, n_cells=200, return_mean=True, seed=0)
+    better = 0
+    for label in labels:
+        observed = _observed_mean(adata, "g1+g0" if label == "g0+g1" else label)
+        predicted = pred[label].X.ravel()
+        better += np.mean((predicted - observed) ** 2) < np.mean((control_mean - observed) ** 2)
+    assert better >= len(labels) - 1
+
+
+def test_predict_unseen_and_combinations_shapes_and_labels(trained_model):
+    pred = trained_model.predict(["g0", "g12", "g0+g12", "g3+g2+g1"], n_cells=30, seed=1)
+    assert pred.shape == (120, trained_model.adata.n_vars)
+    assert list(pred.var_names) == list(trained_model.adata.var_names)
+    assert pred.obs["perturbation"].value_counts().to_dict() == {"g0": 30, "g12": 30, "g0+g12": 30, "g3+g2+g1": 30}
+    assert pred.obs.groupby("perturbation")["seen"].first().to_dict() == {
+        "g0": True, "g12": False, "g0+g12": False, "g3+g2+g1": True,
+    }
+    assert np.all(np.isfinite(pred.X))
+    # order of a combination does not matter
+    a = trained_model.predict(["g1+g0"], n_cells=20, seed=3).X
+    b = trained_model.predict(["g0+g1"], n_cells=20, seed=3).X
+    np.testing.assert_allclose(a, b)
+
+
+def test_unseen_magnitude_comes_from_embedding_map(trained_model):
+    latents = trained_model.get_perturbation_latents(["g12", "g13"])
+    module = trained_model.module
+    emb = trained_model.gene_embedding_.loc[["g12", "g13"]].to_numpy(np.float32)
+    expected = emb @ module.magnitude_coef.cpu().numpy() + module.magnitude_intercept.item()
+    np.testing.assert_allclose(latents.obs["magnitude"].to_numpy(), expected, rtol=1e-5)
+
+
+def test_predict_does_not_modify_input(trained_model):
+    adata = trained_model.adata
+    before_obs = adata.obs.copy()
+    before_x = adata.X.copy()
+    trained_model.predict(["g0", "g12"], n_cells=10)
+    trained_model.get_latent_representation()
+    pd.testing.assert_frame_equal(adata.obs, before_obs)
+    assert (adata.X != before_x).nnz == 0
+
+
+def test_latent_queries(trained_model):
+    z = trained_model.get_latent_representation()
+    u = trained_model.get_latent_representation(kind="causal")
+    assert z.shape == u.shape == (trained_model.adata.n_obs, 16)
+    assert not np.allclose(z, u)
+    latents = trained_model.get_perturbation_latents()
+    assert set(latents.obs_names) == {f"g{i}" for i in range(8)} | {"g0+g1"}
+    assert latents.obsm["shift"].shape == (9, 16)
+    np.testing.assert_allclose(latents.obsm["target_distribution"].sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(latents.obsm["shift"].sum(axis=1), latents.obs["magnitude"], rtol=1e-4)
+    dose = trained_model.simulate_knockdown("g2", n_cells=20, seed=0)
+    assert dose.shape[0] == 100 and sorted(dose.obs["penetrance"].unique()) == [0.0, 0.25, 0.5, 0.75, 1.0]
+    zero = dose[dose.obs["penetrance"] == 0].X
+    control_recon = trained_model.predict(["control"], n_cells=20, seed=0).X
+    np.testing.assert_allclose(zero, control_recon, rtol=1e-5, atol=1e-5)
+    full = dose[dose.obs["penetrance"] == 1.0].X
+    np.testing.assert_allclose(full, trained_model.predict(["g2"], n_cells=20, seed=0).X, rtol=1e-5, atol=1e-5)
+    graph = trained_model.get_graph(threshold=0.0)
+    assert graph.number_of_nodes() == 16 and graph.number_of_edges() > 0
+    assert all("weight" in d for _, _, d in graph.edges(data=True))
+    assert len(trained_model.get_graph(threshold=10.0).edges) < graph.number_of_edges()
+
+
+def test_save_load_round_trip(trained_model, tmp_path):
+    trained_model.save(tmp_path / "model", overwrite=True)
+    loaded = SCCVAE.load(tmp_path / "model", adata=trained_model.adata)
+    a = trained_model.predict(["g0", "g12", "g0+g1"], n_cells=20, seed=5).X
+    b = loaded.predict(["g0", "g12", "g0+g1"], n_cells=20, seed=5).X
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    other = make_toy_adata(n_genes=30)
+    with pytest.raises(ValueError, match="genes"):
+        SCCVAE.load(tmp_path / "model", adata=other)
+    reordered = trained_model.adata[:, trained_model.adata.var_names[::-1]].copy()
+    with pytest.raises(ValueError, match="ordered"):
+        SCCVAE.load(tmp_path / "model", adata=reordered)
+    with pytest.raises(ValueError, match="genes"):
+        trained_model.predict(["g0"], adata=other)
+
+
+def test_training_is_deterministic_with_a_seed(toy_adata):
+    import scvi
+
+    results = []
+    for _ in range(2):
+        adata = toy_adata.copy()
+        SCCVAE.setup_anndata(adata)
+        scvi.settings.seed = 3
+        model = SCCVAE(adata, n_latent=8, n_hidden=32, seed=3)
+        model.train(max_epochs=3, enable_progress_bar=False)
+        results.append(model.predict(["g0", "g11"], n_cells=10, seed=0).X)
+    scvi.settings.seed = None
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-5, atol=1e-6)
+    SCCVAE.setup_anndata(toy_adata)
+    a = SCCVAE(toy_adata, n_latent=8, n_hidden=32, seed=1).module.state_dict()
+    b = SCCVAE(toy_adata, n_latent=8, n_hidden=32, seed=1).module.state_dict()
+    assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+
+
+def test_graph_choices_and_user_dag(toy_adata):
+    SCCVAE.setup_anndata(toy_adata)
+    none = SCCVAE(toy_adata, n_latent=6, n_hidden=16, graph="none")
+    assert none.get_graph().number_of_edges() == 0
+    dag = np.zeros((6, 6))
+    dag[5, 0] = dag[0, 3] = 1
+    model = SCCVAE(toy_adata, n_latent=6, n_hidden=16, graph=dag)
+    model.train(max_epochs=1, enable_progress_bar=False)
+    edges = set(model.get_graph().edges)
+    assert edges == {("node_5", "node_0"), ("node_0", "node_3")}
+    with pytest.raises(ValueError, match="cycle"):
+        cyclic = dag.copy()
+        cyclic[3, 5] = 1
+        SCCVAE(toy_adata, n_latent=6, graph=cyclic)
+    with pytest.raises(ValueError, match="n_latent"):
+        SCCVAE(toy_adata, n_latent=7, graph=dag)
+
+
+def test_onehot_and_dataframe_embeddings(toy_adata):
+    SCCVAE.setup_anndata(toy_adata)
+    onehot = SCCVAE(toy_adata, n_latent=6, n_hidden=16, perturbation_embedding="onehot")
+    onehot.train(max_epochs=1, enable_progress_bar=False)
+    assert onehot.predict(["g0+g1"], n_cells=5).shape == (5, toy_adata.n_vars)
+    with pytest.raises(ValueError, match="g12"):
+        onehot.predict(["g12"], n_cells=5)
+    genes = [f"g{i}" for i in range(40)] + ["NOT_MEASURED"]
+    frame = pd.DataFrame(np.random.default_rng(0).normal(size=(41, 5)), index=genes)
+    model = SCCVAE(toy_adata, n_latent=6, n_hidden=16, perturbation_embedding=frame)
+    model.train(max_epochs=1, enable_progress_bar=False)
+    assert model.predict(["NOT_MEASURED"], n_cells=4).obs["seen"].iloc[0] == False  # noqa: E712
+    with pytest.raises(ValueError, match="UNKNOWN"):
+        model.predict(["UNKNOWN+g0"], n_cells=4)
+    with pytest.raises(ValueError, match="g1"):
+        SCCVAE(toy_adata, perturbation_embedding=frame.drop(index="g1"))
+
+
+def test_negative_binomial_on_counts():
+    adata = make_toy_adata(counts=True)
+    SCCVAE.setup_anndata(adata)
+    model = SCCVAE(adata, n_latent=8, n_hidden=32, likelihood="nb")
+    model.train(max_epochs=15, enable_progress_bar=False)
+    loss = model.history["train_loss"]["train_loss"].to_numpy()
+    assert loss[-1] < loss[0]
+    pred = model.predict(["g0", "g15"], n_cells=50, seed=0)
+    assert np.all(pred.X >= 0)
+    # expected counts sum to the source cells' library sizes
+    library = np.asarray(adata[pred.obs["control_cell"].to_numpy()[:50]].X.sum(axis=1)).ravel()
+    np.testing.assert_allclose(pred.X[:50].sum(axis=1), library, rtol=1e-3)
+
+
+def test_bad_input_errors_name_the_problem(toy_adata):
+    with pytest.raises(KeyError, match="condition"):
+        SCCVAE.setup_anndata(toy_adata, perturbation_key="condition")
+    renamed = toy_adata.copy()
+    renamed.obs["perturbation"] = renamed.obs["perturbation"].astype(str).replace("control", "ctrl")
+    with pytest.raises(ValueError, match="ctrl"):
+        SCCVAE.setup_anndata(renamed)
+    with_nan = toy_adata.copy()
+    with_nan.X = with_nan.X.toarray()
+    with_nan.X[3, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        SCCVAE.setup_anndata(with_nan)
+    SCCVAE.setup_anndata(toy_adata)
+    with pytest.raises(ValueError, match="integer counts"):
+        SCCVAE(toy_adata, likelihood="nb")
+    negative = toy_adata.copy()
+    negative.X = sp.csr_matrix(negative.X.toarray() - 1.0)
+    SCCVAE.setup_anndata(negative)
+    with pytest.raises(ValueError, match="negative"):
+        SCCVAE(negative, likelihood="nb")
+    rare = ad.concat([toy_adata, make_toy_adata(n_control=1, n_per_perturbation=3, n_single=1, doubles=())[1:]], index_unique="-")
+    rare.obs["perturbation"] = rare.obs["perturbation"].astype(str)
+    rare.obs.loc[rare.obs_names[-3:], "perturbation"] = "RARE"
+    with pytest.warns(UserWarning, match="fewer than"):
+        SCCVAE.setup_anndata(rare)
+    SCCVAE.setup_anndata(toy_adata)
+    with pytest.raises(ValueError, match="Unknown graph"):
+        SCCVAE(toy_adata, graph="dense")
+    with pytest.raises(ValueError, match="likelihood"):
+        SCCVAE(toy_adata, likelihood="poisson")
+
+
+def test_failed_setup_leaves_input_untouched(toy_adata):
+    before = toy_adata.obs.copy()
+    with pytest.raises(ValueError):
+        SCCVAE.setup_anndata(toy_adata, control_label="nope")
+    pd.testing.assert_frame_equal(toy_adata.obs, before)
+    assert "_scvi_uuid" not in toy_adata.uns
+
+
+def test_explicit_indices_and_early_stopping(toy_adata):
+    SCCVAE.setup_anndata(toy_adata)
+    labels = toy_adata.obs["perturbation"].astype(str).to_numpy()
+    train = np.flatnonzero(labels != "g7")
+    validation = np.flatnonzero(labels == "g7")
+    model = SCCVAE(toy_adata, n_latent=6, n_hidden=16)
+    model.train(
+        max_epochs=30, train_indices=train, validation_indices=validation, early_stopping=True,
+        early_stopping_patience=2, early_stopping_min_delta=10.0, enable_progress_bar=False,
+    )
+    assert len(model.history["validation_loss"]) < 30
+    assert set(model.train_indices) == set(train)
