@@ -1,0 +1,587 @@
+"""Reproducible train / validation / test splits for perturbation benchmarks.
+
+Three designs are offered, all seeded and all chosen from the perturbation labels alone
+(expression is never looked at, so test-set selection cannot leak the answer):
+
+- :func:`unseen_perturbation_folds` -- K-fold *out-of-distribution* splits: test perturbations
+  are never seen in training (the paper's OOD setting).
+- :func:`seen_perturbation_split` -- *in-distribution* split of every perturbation's cells
+  into train / validation / test (the paper's IID setting).
+- :func:`combination_split` -- GEARS-style split holding out combinations (``"A+B"``), with
+  each held-out combination categorised by how many of its components were seen as single
+  perturbations in training.
+
+Each returns :class:`Split` objects holding integer *positions* into ``adata.obs`` plus the
+train / test perturbation labels. ``Split.to_dict()`` is JSON-serialisable and
+``Split.from_dict`` restores it, so a benchmark can store its splits next to its results;
+:func:`splits_to_frame` gives a cells x splits table for CSV.
+
+Perturbations are handled as *canonical* labels (``"B+A"`` and ``"A+B"`` are one unit, see
+:func:`sccvae._perturbations.canonical_label`); the label lists in a :class:`Split` are
+canonical.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from sccvae._perturbations import (
+    canonical_label,
+    check_control_label,
+    parse_perturbation,
+    perturbation_labels,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "Split",
+    "unseen_perturbation_folds",
+    "seen_perturbation_split",
+    "combination_split",
+    "splits_to_frame",
+]
+
+
+@dataclass
+class Split:
+    """One train / validation / test partition of the cells of an AnnData.
+
+    Attributes
+    ----------
+    train_idx, validation_idx, test_idx
+        Sorted integer positions (``int64``) into ``adata.obs``; disjoint.
+    train_perturbations
+        Canonical labels of the non-control perturbations with cells in ``train_idx``.
+    test_perturbations
+        Canonical labels of the non-control perturbations evaluated on ``test_idx``.
+    name
+        A short identifier such as ``"unseen_fold0"``.
+    n_obs
+        Number of cells of the AnnData the split was made for (checked by :meth:`subset`).
+    categories
+        Optional per-test-perturbation category, e.g. ``{"A+B": "seen 1"}`` for
+        :func:`combination_split`.
+    params
+        The arguments the split was made with (for the record).
+    """
+
+    train_idx: np.ndarray
+    validation_idx: np.ndarray
+    test_idx: np.ndarray
+    train_perturbations: list[str]
+    test_perturbations: list[str]
+    name: str = ""
+    n_obs: int | None = None
+    categories: dict[str, str] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for attr in ("train_idx", "validation_idx", "test_idx"):
+            setattr(self, attr, np.sort(np.asarray(getattr(self, attr), dtype=np.int64)))
+        self.train_perturbations = [str(p) for p in self.train_perturbations]
+        self.test_perturbations = [str(p) for p in self.test_perturbations]
+
+    @property
+    def validation_perturbations(self) -> list[str]:
+        """Perturbations with validation cells (the training ones, for all splits here)."""
+        return list(self.params.get("validation_perturbations", self.train_perturbations))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-serialisable dict (indices as lists of ints)."""
+        return {
+            "name": self.name,
+            "n_obs": self.n_obs,
+            "train_idx": self.train_idx.tolist(),
+            "validation_idx": self.validation_idx.tolist(),
+            "test_idx": self.test_idx.tolist(),
+            "train_perturbations": list(self.train_perturbations),
+            "test_perturbations": list(self.test_perturbations),
+            "categories": dict(self.categories),
+            "params": dict(self.params),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Split:
+        """Rebuild a :class:`Split` from :meth:`to_dict` output."""
+        missing = {"train_idx", "validation_idx", "test_idx"} - set(data)
+        if missing:
+            raise ValueError(
+                f"Split dict lacks {sorted(missing)}; was it made by Split.to_dict()?"
+            )
+        return cls(
+            train_idx=np.asarray(data["train_idx"], dtype=np.int64),
+            validation_idx=np.asarray(data["validation_idx"], dtype=np.int64),
+            test_idx=np.asarray(data["test_idx"], dtype=np.int64),
+            train_perturbations=list(data.get("train_perturbations", [])),
+            test_perturbations=list(data.get("test_perturbations", [])),
+            name=data.get("name", ""),
+            n_obs=data.get("n_obs"),
+            categories=dict(data.get("categories", {})),
+            params=dict(data.get("params", {})),
+        )
+
+    def to_json(self, path: str | None = None) -> str:
+        """Serialise to a JSON string, also written to ``path`` when given."""
+        text = json.dumps(self.to_dict())
+        if path is not None:
+            with open(path, "w") as handle:
+                handle.write(text)
+        return text
+
+    @classmethod
+    def from_json(cls, text_or_path: str) -> Split:
+        """Load a split from a JSON string or from a file path holding one."""
+        text = text_or_path
+        if not text_or_path.lstrip().startswith("{"):
+            with open(text_or_path) as handle:
+                text = handle.read()
+        return cls.from_dict(json.loads(text))
+
+    def indices(self, part: str) -> np.ndarray:
+        """Positions of ``part``: ``"train"``, ``"validation"`` or ``"test"``."""
+        lookup = {
+            "train": self.train_idx,
+            "validation": self.validation_idx,
+            "test": self.test_idx,
+        }
+        if part not in lookup:
+            raise ValueError(f"Unknown split part {part!r}; use one of {list(lookup)}.")
+        return lookup[part]
+
+    def subset(self, adata: AnnData, part: str) -> AnnData:
+        """Return a copy of the cells of ``part`` (``"train"``, ``"validation"`` or ``"test"``)."""
+        if self.n_obs is not None and adata.n_obs != self.n_obs:
+            raise ValueError(
+                f"Split {self.name!r} was made for {self.n_obs} cells but adata has "
+                f"{adata.n_obs}; apply it to the same AnnData (same cells, same order)."
+            )
+        return adata[self.indices(part)].copy()
+
+    def assignments(self) -> np.ndarray:
+        """Per-cell role: ``"train"``, ``"validation"``, ``"test"`` or ``"unused"``."""
+        if self.n_obs is None:
+            raise ValueError(
+                "This split does not record n_obs; cannot build per-cell assignments."
+            )
+        out = np.full(self.n_obs, "unused", dtype=object)
+        out[self.train_idx] = "train"
+        out[self.validation_idx] = "validation"
+        out[self.test_idx] = "test"
+        return out
+
+    def __repr__(self) -> str:
+        return (
+            f"Split(name={self.name!r}, train={self.train_idx.size} cells / "
+            f"{len(self.train_perturbations)} perturbations, validation={self.validation_idx.size}"
+            f" cells, test={self.test_idx.size} cells / {len(self.test_perturbations)} "
+            "perturbations)"
+        )
+
+
+def splits_to_frame(
+    splits: Sequence[Split], obs_names: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """Cells x splits table of roles (``train``/``validation``/``test``/``unused``), for CSV.
+
+    Parameters
+    ----------
+    splits
+        Splits made for the same AnnData.
+    obs_names
+        Row index (e.g. ``adata.obs_names``); positions are used when omitted.
+    """
+    if not splits:
+        raise ValueError("No splits given.")
+    columns = {}
+    for i, split in enumerate(splits):
+        columns[split.name or f"split{i}"] = split.assignments()
+    frame = pd.DataFrame(columns)
+    if obs_names is not None:
+        if len(obs_names) != len(frame):
+            raise ValueError(f"{len(obs_names)} obs_names for splits over {len(frame)} cells.")
+        frame.index = pd.Index([str(o) for o in obs_names])
+    return frame
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def _groups(
+    adata: AnnData, perturbation_key: str, control_label: str, delimiter: str
+) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, tuple[str, ...]]]:
+    """Control positions, canonical label -> positions, canonical label -> targets."""
+    if not isinstance(adata, AnnData):
+        raise TypeError(f"Expected an AnnData, got {type(adata).__name__}.")
+    labels = perturbation_labels(adata.obs, perturbation_key)
+    check_control_label(labels, control_label, perturbation_key)
+    uniques, inverse = np.unique(labels, return_inverse=True)
+    targets_of_unique = [parse_perturbation(u, control_label, delimiter) for u in uniques]
+    canon_of_unique = np.array(
+        [canonical_label(t, control_label, delimiter) for t in targets_of_unique], dtype=object
+    )
+    canon = canon_of_unique[inverse]
+    control_idx = np.flatnonzero(canon == control_label)
+    groups: dict[str, np.ndarray] = {}
+    targets: dict[str, tuple[str, ...]] = {}
+    for u_canon, t in zip(canon_of_unique, targets_of_unique, strict=True):
+        if u_canon == control_label or u_canon in groups:
+            continue
+        groups[u_canon] = np.flatnonzero(canon == u_canon)
+        targets[u_canon] = t
+    order = sorted(groups)
+    return control_idx, {k: groups[k] for k in order}, {k: targets[k] for k in order}
+
+
+def _split_cells(
+    idx: np.ndarray,
+    fractions: Sequence[float],
+    rng: np.random.Generator,
+    ensure_first: bool = True,
+) -> list[np.ndarray]:
+    """Shuffle ``idx`` and cut it by ``fractions`` (largest-remainder rounding).
+
+    Parts after the first get at least one cell when there are enough cells for every part
+    with a positive fraction; the first part (train) always keeps at least one cell.
+    """
+    n = idx.size
+    fractions = np.asarray(fractions, dtype=float)
+    raw = fractions * n
+    counts = np.floor(raw).astype(int)
+    remainder = n - counts.sum()
+    if remainder > 0:
+        order = np.argsort(-(raw - counts), kind="stable")
+        counts[order[:remainder]] += 1
+    positive = fractions > 0
+    if n >= positive.sum():
+        for j in range(1, len(counts)):
+            if positive[j] and counts[j] == 0:
+                donor = int(np.argmax(counts))
+                if counts[donor] > 1:
+                    counts[donor] -= 1
+                    counts[j] += 1
+    if ensure_first and n > 0 and counts[0] == 0:
+        donor = int(np.argmax(counts))
+        counts[donor] -= 1
+        counts[0] += 1
+    shuffled = rng.permutation(idx)
+    bounds = np.concatenate([[0], np.cumsum(counts)])
+    return [np.sort(shuffled[bounds[j] : bounds[j + 1]]) for j in range(len(counts))]
+
+
+def _train_validation(
+    groups: dict[str, np.ndarray],
+    labels: Sequence[str],
+    validation_fraction: float,
+    rng: np.random.Generator,
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per perturbation, cut its cells into train and validation parts."""
+    train, val = [], []
+    too_small = []
+    for label in labels:
+        cells = groups[label]
+        if cells.size < 2 and validation_fraction > 0:
+            too_small.append(label)
+        tr, va = _split_cells(cells, [1.0 - validation_fraction, validation_fraction], rng)
+        train.append(tr)
+        val.append(va)
+    if too_small:
+        logger.warning(
+            "%d training perturbation(s) have a single cell and get no validation cells: %s",
+            len(too_small),
+            too_small[:10],
+        )
+    return train, val
+
+
+def _concat(parts: Sequence[np.ndarray]) -> np.ndarray:
+    return np.sort(np.concatenate(parts)) if len(parts) else np.zeros(0, dtype=np.int64)
+
+
+def _check_fraction(value: float, name: str, allow_zero: bool = True) -> float:
+    value = float(value)
+    low_ok = value >= 0 if allow_zero else value > 0
+    if not (low_ok and value < 1):
+        raise ValueError(
+            f"`{name}` must be in {'[0, 1)' if allow_zero else '(0, 1)'}, got {value}."
+        )
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# public split functions
+
+
+def unseen_perturbation_folds(
+    adata: AnnData,
+    n_folds: int = 5,
+    perturbation_key: str = "perturbation",
+    control_label: str = "control",
+    seed: int = 0,
+    validation_fraction: float = 1 / 8,
+    combination_delimiter: str = "+",
+) -> list[Split]:
+    """K-fold splits whose test perturbations are unseen in training (the paper's OOD setting).
+
+    The non-control perturbations (combinations count as units; ``"A+B"`` and ``"B+A"`` are
+    one) are shuffled with ``seed`` and dealt into ``n_folds`` folds of near-equal size. In
+    split ``k`` the test set is every cell of fold ``k``; the cells of each remaining
+    (training) perturbation are split ``1 - validation_fraction`` / ``validation_fraction``
+    into train / validation (per perturbation, so each has cells in both, unless it has a
+    single cell); all control cells go to train.
+
+    Parameters
+    ----------
+    adata
+        Cells with labels in ``adata.obs[perturbation_key]``. Not modified.
+    n_folds
+        Number of folds (at least 2).
+    perturbation_key, control_label, combination_delimiter
+        How perturbations are labelled.
+    seed
+        Seed for the fold assignment and the train / validation cut.
+    validation_fraction
+        Share of each training perturbation's cells used for validation (paper: 1/8).
+
+    Returns
+    -------
+    ``n_folds`` :class:`Split` objects named ``"unseen_fold{k}"``.
+    """
+    n_folds = int(n_folds)
+    if n_folds < 2:
+        raise ValueError(f"`n_folds` must be at least 2, got {n_folds}.")
+    validation_fraction = _check_fraction(validation_fraction, "validation_fraction")
+    control_idx, groups, _ = _groups(adata, perturbation_key, control_label, combination_delimiter)
+    perts = list(groups)
+    if len(perts) < n_folds:
+        raise ValueError(
+            f"{len(perts)} perturbation(s) but n_folds={n_folds}: every fold needs at least one "
+            "test perturbation. Lower `n_folds`."
+        )
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(perts))
+    folds = [sorted(perts[i] for i in chunk) for chunk in np.array_split(order, n_folds)]
+    splits = []
+    for k, test_perts in enumerate(folds):
+        fold_rng = np.random.default_rng([seed, k])
+        test_set = set(test_perts)
+        train_perts = [p for p in perts if p not in test_set]
+        train, val = _train_validation(groups, train_perts, validation_fraction, fold_rng)
+        splits.append(
+            Split(
+                train_idx=_concat([control_idx, *train]),
+                validation_idx=_concat(val),
+                test_idx=_concat([groups[p] for p in test_perts]),
+                train_perturbations=train_perts,
+                test_perturbations=test_perts,
+                name=f"unseen_fold{k}",
+                n_obs=adata.n_obs,
+                params={
+                    "kind": "unseen_perturbation_folds",
+                    "fold": k,
+                    "n_folds": n_folds,
+                    "seed": seed,
+                    "validation_fraction": validation_fraction,
+                    "perturbation_key": perturbation_key,
+                    "control_label": control_label,
+                },
+            )
+        )
+    logger.info("Made %d unseen-perturbation folds over %d perturbations", n_folds, len(perts))
+    return splits
+
+
+def seen_perturbation_split(
+    adata: AnnData,
+    fractions: Sequence[float] = (0.7, 0.1, 0.2),
+    perturbation_key: str = "perturbation",
+    control_label: str = "control",
+    seed: int = 0,
+    split_controls: bool = True,
+    combination_delimiter: str = "+",
+) -> Split:
+    """In-distribution split: each perturbation's cells cut into train / validation / test.
+
+    Every perturbation (and, by default, the control cells too) is split by ``fractions``,
+    so test perturbations are all seen in training. Evaluation should then use the *train*
+    control cells as the control reference (``control=split.subset(adata, "train")``
+    restricted to controls), so that the control mean never includes test cells; with
+    ``split_controls=False`` all controls are in train and none in test.
+
+    Parameters
+    ----------
+    adata
+        Labelled cells. Not modified.
+    fractions
+        Train, validation, test shares (summing to 1); paper: 70 / 10 / 20 %. Counts use
+        largest-remainder rounding; a perturbation with at least 3 cells gets at least one
+        cell in each part with a positive share.
+    perturbation_key, control_label, combination_delimiter
+        How perturbations are labelled.
+    seed
+        Seed of the cell shuffle.
+    split_controls
+        Split control cells by ``fractions`` too (default) or put them all in train.
+
+    Returns
+    -------
+    One :class:`Split` named ``"seen"``.
+    """
+    fractions = tuple(float(f) for f in fractions)
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or not np.isclose(sum(fractions), 1):
+        raise ValueError(
+            f"`fractions` must be three non-negative shares summing to 1, got {fractions}."
+        )
+    if fractions[0] == 0:
+        raise ValueError("The train share in `fractions` must be positive.")
+    control_idx, groups, _ = _groups(adata, perturbation_key, control_label, combination_delimiter)
+    rng = np.random.default_rng(seed)
+    parts: list[list[np.ndarray]] = [[], [], []]
+    if split_controls:
+        for j, cells in enumerate(_split_cells(control_idx, fractions, rng)):
+            parts[j].append(cells)
+    else:
+        parts[0].append(control_idx)
+    train_perts, test_perts = [], []
+    for label, cells in groups.items():
+        cut = _split_cells(cells, fractions, rng)
+        for j in range(3):
+            parts[j].append(cut[j])
+        if cut[0].size:
+            train_perts.append(label)
+        if cut[2].size:
+            test_perts.append(label)
+    return Split(
+        train_idx=_concat(parts[0]),
+        validation_idx=_concat(parts[1]),
+        test_idx=_concat(parts[2]),
+        train_perturbations=train_perts,
+        test_perturbations=test_perts,
+        name="seen",
+        n_obs=adata.n_obs,
+        params={
+            "kind": "seen_perturbation_split",
+            "fractions": list(fractions),
+            "seed": seed,
+            "split_controls": split_controls,
+            "perturbation_key": perturbation_key,
+            "control_label": control_label,
+        },
+    )
+
+
+def combination_split(
+    adata: AnnData,
+    perturbation_key: str = "perturbation",
+    control_label: str = "control",
+    combination_delimiter: str = "+",
+    seed: int = 0,
+    validation_fraction: float = 1 / 8,
+    train_combination_fraction: float = 0.0,
+    test_single_fraction: float = 0.0,
+) -> Split:
+    """GEARS-style split holding out combinations of perturbations.
+
+    Combinations (labels with two or more targets) go to test, single perturbations to
+    train (each cut ``1 - validation_fraction`` / ``validation_fraction`` into train /
+    validation), controls to train. Optionally a random share of the combinations is moved
+    to training (``train_combination_fraction``), and a random share of the singles is held
+    out to test as well (``test_single_fraction``), which produces combinations with unseen
+    components.
+
+    Every test combination gets a category ``"seen k"``: the number ``k`` of its targets that
+    appear as *single* perturbations in training (``"seen 0"``, ``"seen 1"``, ``"seen 2"`` for
+    doubles). Held-out singles get the category ``"single"``.
+
+    Parameters
+    ----------
+    adata
+        Labelled cells. Not modified.
+    perturbation_key, control_label, combination_delimiter
+        How perturbations are labelled.
+    seed
+        Seed of the random choices.
+    validation_fraction
+        Share of each training perturbation's cells used for validation.
+    train_combination_fraction
+        Share of the combinations moved to training (default 0: all are tested).
+    test_single_fraction
+        Share of the single perturbations held out to test (default 0: all in train).
+
+    Returns
+    -------
+    One :class:`Split` named ``"combination"``; ``split.categories`` maps each test label to
+    its category.
+    """
+    validation_fraction = _check_fraction(validation_fraction, "validation_fraction")
+    train_combination_fraction = _check_fraction(
+        train_combination_fraction, "train_combination_fraction"
+    )
+    test_single_fraction = _check_fraction(test_single_fraction, "test_single_fraction")
+    control_idx, groups, targets = _groups(
+        adata, perturbation_key, control_label, combination_delimiter
+    )
+    singles = [p for p in groups if len(targets[p]) == 1]
+    combos = [p for p in groups if len(targets[p]) > 1]
+    if not combos:
+        raise ValueError(
+            f"No combination perturbations (labels joined by {combination_delimiter!r}) in "
+            f"adata.obs[{perturbation_key!r}]; use `unseen_perturbation_folds` instead, or check "
+            "`combination_delimiter`."
+        )
+    rng = np.random.default_rng(seed)
+    n_train_combos = int(round(train_combination_fraction * len(combos)))
+    n_test_singles = int(round(test_single_fraction * len(singles)))
+    if n_train_combos >= len(combos):
+        raise ValueError(
+            f"train_combination_fraction={train_combination_fraction} leaves no combination "
+            "to test; lower it."
+        )
+    train_combos = sorted(rng.choice(combos, size=n_train_combos, replace=False).tolist())
+    test_singles = sorted(rng.choice(singles, size=n_test_singles, replace=False).tolist())
+    train_perts = sorted(set(singles) - set(test_singles)) + train_combos
+    train_perts = sorted(train_perts)
+    test_perts = sorted(set(combos) - set(train_combos)) + test_singles
+    test_perts = sorted(test_perts)
+    train_single_targets = {targets[p][0] for p in singles if p not in set(test_singles)}
+    categories = {}
+    for p in test_perts:
+        if len(targets[p]) == 1:
+            categories[p] = "single"
+        else:
+            categories[p] = f"seen {sum(t in train_single_targets for t in targets[p])}"
+    train, val = _train_validation(groups, train_perts, validation_fraction, rng)
+    split = Split(
+        train_idx=_concat([control_idx, *train]),
+        validation_idx=_concat(val),
+        test_idx=_concat([groups[p] for p in test_perts]),
+        train_perturbations=train_perts,
+        test_perturbations=test_perts,
+        name="combination",
+        n_obs=adata.n_obs,
+        categories=categories,
+        params={
+            "kind": "combination_split",
+            "seed": seed,
+            "validation_fraction": validation_fraction,
+            "train_combination_fraction": train_combination_fraction,
+            "test_single_fraction": test_single_fraction,
+            "perturbation_key": perturbation_key,
+            "control_label": control_label,
+            "combination_delimiter": combination_delimiter,
+        },
+    )
+    counts = pd.Series(categories).value_counts().to_dict()
+    logger.info(
+        "Combination split: %d train perturbations, test categories %s", len(train_perts), counts
+    )
+    return split

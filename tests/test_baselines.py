@@ -1,0 +1,190 @@
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from anndata import AnnData
+
+from sccvae.baselines import AdditiveBaseline, ControlBaseline, LinearBaseline, MeanBaseline
+
+N_GENES = 40
+GENES = [f"g{i}" for i in range(N_GENES)]
+
+
+def make_adata(
+    deltas: dict[str, np.ndarray], n_per=150, n_ctrl=300, noise=0.1, seed=0, sparse=False
+):
+    rng = np.random.default_rng(seed)
+    mu0 = rng.uniform(1, 3, N_GENES)
+    # control cells with some coexpression structure so the coexpression embedding is non-trivial
+    factors = rng.normal(size=(n_ctrl, 3)) @ rng.normal(size=(3, N_GENES)) * 0.2
+    factors -= factors.mean(axis=0)  # keep the control mean exactly mu0 (up to noise)
+    xs = [mu0 + factors + rng.normal(scale=noise, size=(n_ctrl, N_GENES))]
+    labels = ["control"] * n_ctrl
+    for label, delta in deltas.items():
+        xs.append(mu0 + delta + rng.normal(scale=noise, size=(n_per, N_GENES)))
+        labels += [label] * n_per
+    x = np.vstack(xs).astype(np.float32)
+    obs = pd.DataFrame({"perturbation": labels}, index=[f"c{i}" for i in range(len(labels))])
+    adata = AnnData(X=sp.csr_matrix(x) if sparse else x, obs=obs, var=pd.DataFrame(index=GENES))
+    return adata, mu0
+
+
+def random_deltas(labels, seed=1, scale=1.0):
+    rng = np.random.default_rng(seed)
+    return {lab: rng.normal(scale=scale, size=N_GENES) for lab in labels}
+
+
+def pred_mean(pred, label, key="perturbation"):
+    rows = pred.obs[key].astype(str).to_numpy() == label
+    return np.asarray(pred.X[rows], dtype=np.float64).mean(axis=0)
+
+
+def test_control_baseline_predicts_control_mean():
+    adata, mu0 = make_adata(random_deltas(["g0", "g1"]))
+    model = ControlBaseline().fit(adata)
+    pred = model.predict(["g0", "g1+g2"], n_cells=500, seed=0)
+    assert list(pred.var_names) == GENES
+    assert pred.n_obs == 1000
+    assert list(pred.obs["perturbation"].astype(str).unique()) == ["g0", "g1+g2"]
+    np.testing.assert_allclose(pred_mean(pred, "g0"), model.control_mean_, atol=0.1)
+    means = model.predict(["g0", "g1"], return_mean=True)
+    assert means.n_obs == 2
+    np.testing.assert_allclose(means.X, np.tile(model.control_mean_, (2, 1)), rtol=1e-6)
+    np.testing.assert_allclose(model.control_mean_, mu0, atol=0.1)
+
+
+def test_mean_baseline_predicts_mean_shift():
+    deltas = random_deltas(["g0", "g1", "g2"])
+    adata, mu0 = make_adata(deltas, sparse=True)
+    model = MeanBaseline().fit(adata)
+    expected = np.mean([deltas[k] for k in deltas], axis=0)
+    np.testing.assert_allclose(model.mean_delta_, expected, atol=0.05)
+    means = model.predict(["g7", "g0"], return_mean=True)
+    np.testing.assert_allclose(means.X[0], model.control_mean_ + model.mean_delta_, rtol=1e-5)
+    np.testing.assert_allclose(means.X[0], means.X[1], rtol=1e-6)
+    control = model.predict("control", return_mean=True)
+    np.testing.assert_allclose(control.X[0], model.control_mean_, rtol=1e-6)
+    cells = model.predict(["g7"], n_cells=300, seed=0)
+    assert isinstance(cells.X, np.ndarray) and cells.X.dtype == np.float32
+    np.testing.assert_allclose(pred_mean(cells, "g7"), mu0 + expected, atol=0.1)
+
+
+def test_additive_baseline_recovers_additive_double():
+    deltas = random_deltas(["g0", "g1", "g2"])
+    deltas["g3+g0"] = deltas["g0"] + 0.0  # seen double (own observed delta used)
+    adata, _ = make_adata(deltas)
+    model = AdditiveBaseline().fit(adata)
+    d = model.predict_delta(["g1+g0", "g2+g1", "g0+g3", "g4"])
+    np.testing.assert_allclose(d.loc["g1+g0"], deltas["g0"] + deltas["g1"], atol=0.05)
+    np.testing.assert_allclose(d.loc["g2+g1"], deltas["g1"] + deltas["g2"], atol=0.05)
+    np.testing.assert_allclose(d.loc["g0+g3"], deltas["g3+g0"], atol=0.05)
+    np.testing.assert_allclose(d.loc["g4"], model.mean_delta_, atol=1e-12)
+    # unseen component: mean fallback, zero fallback, or error naming it
+    d_mean = model.predict_delta("g0+g9").to_numpy()[0]
+    np.testing.assert_allclose(d_mean, model.perturbation_deltas_.loc["g0"] + model.mean_delta_)
+    zero = AdditiveBaseline(unseen="zero").fit(adata).predict_delta("g0+g9").to_numpy()[0]
+    np.testing.assert_allclose(zero, model.perturbation_deltas_.loc["g0"])
+    with pytest.raises(ValueError, match="g9"):
+        AdditiveBaseline(unseen="error").fit(adata).predict("g0+g9")
+    with pytest.raises(ValueError, match="unseen"):
+        AdditiveBaseline(unseen="bogus")
+
+
+def test_linear_baseline_recovers_heldout_linear_truth():
+    rng = np.random.default_rng(5)
+    embedding = pd.DataFrame(rng.normal(size=(N_GENES, 3)), index=GENES)
+    a = rng.normal(size=(N_GENES, 3)) * 0.5
+    c = rng.normal(size=N_GENES) * 0.2
+
+    def truth(targets):
+        return a @ embedding.loc[targets].to_numpy().sum(axis=0) + c
+
+    train_labels = [f"g{i}" for i in range(10)]
+    adata, _ = make_adata({lab: truth([lab]) for lab in train_labels}, n_per=100, noise=0.05)
+    model = LinearBaseline(n_components=5, ridge=1e-3, perturbation_embedding=embedding).fit(adata)
+    test = ["g20", "g21", "g22+g23"]
+    pred = model.predict_delta(test)
+    for label, targets in zip(test, [["g20"], ["g21"], ["g22", "g23"]], strict=True):
+        np.testing.assert_allclose(pred.loc[label].to_numpy(), truth(targets), atol=0.1)
+    # far better than the mean baseline on held-out perturbations
+    mean = MeanBaseline().fit(adata).predict_delta(test).to_numpy()
+    truth_m = np.stack([truth(["g20"]), truth(["g21"]), truth(["g22", "g23"])])
+    assert np.abs(pred.to_numpy() - truth_m).mean() < 0.2 * np.abs(mean - truth_m).mean()
+    # huge ridge shrinks to the mean baseline
+    big = LinearBaseline(ridge=1e9, perturbation_embedding=embedding).fit(adata)
+    np.testing.assert_allclose(big.predict_delta(test).to_numpy(), mean, atol=1e-4)
+    # unknown target in the user embedding raises, naming it
+    with pytest.raises(ValueError, match="NOTAGENE"):
+        model.predict(["g1", "g2+NOTAGENE"])
+
+
+def test_linear_baseline_default_coexpression_embedding():
+    labels = [f"g{i}" for i in range(8)] + ["g0+g1", "NOTMEASURED"]
+    adata, _ = make_adata(random_deltas(labels), n_per=30)
+    for gene_embedding in ("training", "coexpression"):
+        model = LinearBaseline(n_components=4, gene_embedding=gene_embedding).fit(adata)
+        assert model.dropped_perturbations_ == ["NOTMEASURED"]
+        assert model.target_embedding_.shape[0] == N_GENES
+        out = model.predict(["g30", "g31+g32"], n_cells=10, seed=0)
+        assert out.shape == (20, N_GENES)
+        assert np.all(np.isfinite(out.X))
+        with pytest.raises(ValueError, match="XYZ"):
+            model.predict("XYZ")
+
+
+def test_seeds_deterministic_and_inputs_untouched():
+    adata, _ = make_adata(random_deltas(["g0", "g1", "g2"]), sparse=True)
+    x_before = adata.X.copy()
+    obs_before = adata.obs.copy()
+    for cls in (ControlBaseline, MeanBaseline, AdditiveBaseline, LinearBaseline):
+        model = cls().fit(adata)
+        a = model.predict(["g0", "g1+g2"], n_cells=20, seed=1)
+        b = model.predict(["g0", "g1+g2"], n_cells=20, seed=1)
+        c = model.predict(["g0", "g1+g2"], n_cells=20, seed=2)
+        np.testing.assert_array_equal(a.X, b.X)
+        assert not np.array_equal(a.X, c.X)
+        d = model.predict(["g0", "g1+g2"], n_cells=20)
+        e = model.predict(["g0", "g1+g2"], n_cells=20)
+        np.testing.assert_array_equal(d.X, e.X)
+    assert (adata.X != x_before).nnz == 0
+    pd.testing.assert_frame_equal(adata.obs, obs_before)
+
+
+def test_train_indices_layer_and_external_controls():
+    deltas = random_deltas(["g0", "g1", "g2"])
+    adata, _ = make_adata(deltas)
+    adata.layers["other"] = adata.X * 2
+    labels = adata.obs["perturbation"].to_numpy()
+    train = np.flatnonzero(labels != "g2")
+    model = MeanBaseline().fit(adata, train_indices=train)
+    assert model.training_perturbations_ == ["g0", "g1"]
+    np.testing.assert_allclose(model.mean_delta_, (deltas["g0"] + deltas["g1"]) / 2, atol=0.05)
+    doubled = ControlBaseline().fit(adata, layer="other")
+    np.testing.assert_allclose(doubled.control_mean_, 2 * model.control_mean_, rtol=1e-5)
+    ext = adata[labels == "control"].copy()
+    ext.X = ext.X + 10
+    shifted = ControlBaseline().fit(adata).predict("g0", n_cells=50, adata=ext)
+    assert shifted.X.mean() > 10
+    with pytest.raises(ValueError, match="boolean"):
+        MeanBaseline().fit(adata, train_indices=labels != "g2")
+    with pytest.raises(ValueError, match="control"):
+        MeanBaseline().fit(adata, control_label="ctrl")
+    with pytest.raises(RuntimeError, match="fit"):
+        MeanBaseline().predict("g0")
+
+
+def test_baseline_output_scores_with_evaluate():
+    from sccvae.metrics import evaluate
+
+    deltas = random_deltas(["g0", "g1", "g2", "g3"])
+    adata, _ = make_adata(deltas)
+    labels = adata.obs["perturbation"].to_numpy()
+    model = AdditiveBaseline().fit(adata)
+    pred = model.predict(["g0", "g1", "g2", "g3"], n_cells=100, seed=0)
+    observed = adata[labels != "control"].copy()
+    control = adata[labels == "control"].copy()
+    table = evaluate(pred, observed, control)
+    assert (table["pearson_delta_all"] > 0.95).all()
+    assert (table["rank"] == 0).all()
