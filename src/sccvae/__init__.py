@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from importlib.metadata import PackageNotFoundError, version
 
+from . import baselines, data, metrics, splits
 from ._dataloading import PairedPerturbationSampler, PerturbationDataSplitter
 from ._model import SCCVAE
 from ._module import SCCVAEModule
@@ -20,6 +21,10 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "SCCVAE",
+    "baselines",
+    "data",
+    "metrics",
+    "splits",
     "SCCVAEModule",
     "SCCVAETrainingPlan",
     "LatentSCM",

@@ -1,0 +1,222 @@
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from scipy.sparse.csgraph import breadth_first_order
+
+import sccvae.data as scd
+from sccvae._perturbations import parse_perturbation
+
+SMALL = dict(n_genes=300, n_perturbations=12, n_cells_per_perturbation=150, n_control_cells=1000)
+
+
+@pytest.fixture(scope="module")
+def sim() -> ad.AnnData:
+    return scd.simulate_perturbseq(**SMALL, n_combinations=4, seed=3)
+
+
+def _means(adata: ad.AnnData) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    x = adata.X.toarray()
+    labels = adata.obs["perturbation"].astype(str).to_numpy()
+    means = {label: x[labels == label].mean(0) for label in np.unique(labels)}
+    control = x[labels == "control"]
+    return means, control, labels
+
+
+def _reachable(adjacency: np.ndarray, sources: list[int]) -> np.ndarray:
+    graph = sp.csr_matrix(adjacency != 0)
+    reach = np.zeros(adjacency.shape[0], dtype=bool)
+    for s in sources:
+        reach[breadth_first_order(graph, s, directed=True, return_predecessors=False)] = True
+    return reach
+
+
+def test_conventions_and_ground_truth(sim):
+    truth = sim.uns["simulation"]
+    n_singles = SMALL["n_perturbations"]
+    assert sim.n_obs == 1000 + (n_singles + 4) * 150
+    assert sim.var_names.is_unique
+    counts = sim.layers["counts"]
+    assert counts.format == "csr" and counts.dtype == np.float32
+    np.testing.assert_array_equal(counts.data, np.round(counts.data))
+    assert sim.X.format == "csr" and sim.X.dtype == np.float32
+    assert abs(sim.X - scd.log_normalize_counts(counts)).max() < 1e-5
+    assert 2_000 < np.median(np.asarray(counts.sum(1)).ravel()) < 10_000
+    adjacency = truth["adjacency"]
+    assert adjacency.shape == (300, 300) and adjacency.dtype == np.float32
+    # a DAG in the stored topological order
+    order = truth["topological_order"]
+    assert np.all(np.triu(adjacency[np.ix_(order, order)], 0) == adjacency[np.ix_(order, order)])
+    assert np.all(np.diag(adjacency) == 0)
+    # every target regulates something; module ids per target
+    targets = list(truth["targets"])
+    index = [sim.var_names.get_loc(t) for t in targets]
+    assert all((adjacency[i] != 0).sum() > 0 for i in index)
+    assert len(truth["target_modules"]) == n_singles == len(truth["target_modes"])
+    assert truth["expected_shift"].shape == (n_singles + 4, 300)
+    assert list(truth["perturbations"][:n_singles]) == targets
+    assert set(sim.obs["perturbation"].astype(str)) == {"control", *truth["perturbations"]}
+    assert (sim.obs.loc[sim.obs["perturbation"] == "control", "penetrance"] == 0).all()
+    pen = sim.obs.loc[sim.obs["perturbation"] != "control", "penetrance"]
+    assert 0 < pen.min() and pen.max() <= 1 and abs(pen.mean() - truth["mean_penetrance"]) < 0.05
+
+
+def test_knockdown_lowers_target(sim):
+    means, control, _ = _means(sim)
+    control_mean = control.mean(0)
+    for target in sim.uns["simulation"]["targets"]:
+        j = sim.var_names.get_loc(target)
+        assert means[target][j] < control_mean[j] - 0.2, target
+
+
+def test_activation_raises_target():
+    adata = scd.simulate_perturbseq(**SMALL, modes=("activation",), seed=1)
+    means, control, _ = _means(adata)
+    for target in adata.uns["simulation"]["targets"]:
+        j = adata.var_names.get_loc(target)
+        assert means[target][j] > control.mean(0)[j] + 0.2, target
+    assert set(adata.obs["mode"].astype(str)) == {"control", "activation"}
+
+
+def test_mixed_modes():
+    adata = scd.simulate_perturbseq(**SMALL, modes=("CRISPRi", "CRISPRa"), seed=2)
+    modes = adata.uns["simulation"]["target_modes"]
+    assert set(modes) == {"knockdown", "activation"}
+    direct = adata.uns["simulation"]["target_direct_shift"]
+    assert np.all((direct < 0) == (modes == "knockdown"))
+
+
+def test_unreachable_genes_do_not_move(sim):
+    truth = sim.uns["simulation"]
+    means, control, labels = _means(sim)
+    rng = np.random.default_rng(0)
+    n = SMALL["n_cells_per_perturbation"]
+    sd = control.std(0) + 1e-6
+
+    def z(a_mean, b_mean, n_a, n_b):
+        return (a_mean - b_mean) / (sd * np.sqrt(1 / n_a + 1 / n_b))
+
+    # null: n control cells against the remaining controls
+    null = []
+    for _ in range(10):
+        perm = rng.permutation(len(control))
+        null.append(
+            np.abs(z(control[perm[:n]].mean(0), control[perm[n:]].mean(0), n, len(control) - n))
+        )
+    null_rate = np.mean(np.concatenate(null) > 3.5)
+    observed, moved_reachable = [], []
+    for k, target in enumerate(truth["targets"]):
+        reach = _reachable(truth["adjacency"], [sim.var_names.get_loc(target)])
+        stat = np.abs(z(means[target], control.mean(0), n, len(control)))
+        observed.append(stat[~reach])
+        strong = np.abs(truth["expected_shift"][k]) > 0.3
+        moved_reachable.append(stat[reach & strong])
+    observed = np.concatenate(observed)
+    assert len(observed) > 1000
+    assert np.mean(observed > 3.5) <= null_rate + 0.01
+    assert np.median(np.concatenate(moved_reachable)) > 3.5  # while strong effects are visible
+
+
+def test_empirical_shift_matches_expected(sim):
+    truth = sim.uns["simulation"]
+    means, control, _ = _means(sim)
+    expressed = sim.var["baseline_mean"].to_numpy() > 1.0
+    correlations = []
+    for k, label in enumerate(truth["perturbations"]):
+        expected = truth["expected_shift"][k]
+        affected = expressed & (np.abs(expected) > 0.1)
+        if affected.sum() < 5:
+            continue
+        observed = means[label] - control.mean(0)
+        correlations.append(np.corrcoef(observed[affected], expected[affected])[0, 1])
+    assert len(correlations) >= 10
+    assert np.median(correlations) > 0.8
+
+
+def test_effects_detectable_with_defaults():
+    """Default-size data: every perturbation's mean shift exceeds control sampling noise."""
+    adata = scd.simulate_perturbseq(seed=0)
+    assert adata.shape == (2000 + 60 * 100, 1000)
+    means, control, _ = _means(adata)
+    rng = np.random.default_rng(0)
+    null = []
+    for _ in range(20):
+        perm = rng.permutation(len(control))
+        null.append(np.linalg.norm(control[perm[:100]].mean(0) - control[perm[100:]].mean(0)))
+    shifts = [
+        np.linalg.norm(means[p] - control.mean(0))
+        for p in adata.uns["simulation"]["perturbations"]
+    ]
+    assert np.median(shifts) > 1.3 * np.median(null)
+    assert np.mean(np.array(shifts) > np.max(null)) > 0.9
+
+
+def test_seed_determinism():
+    a = scd.simulate_perturbseq(**SMALL, n_combinations=2, seed=7)
+    b = scd.simulate_perturbseq(**SMALL, n_combinations=2, seed=7)
+    c = scd.simulate_perturbseq(**SMALL, n_combinations=2, seed=8)
+    assert (a.layers["counts"] != b.layers["counts"]).nnz == 0
+    np.testing.assert_array_equal(
+        a.uns["simulation"]["adjacency"], b.uns["simulation"]["adjacency"]
+    )
+    np.testing.assert_array_equal(
+        a.obs["perturbation"].astype(str), b.obs["perturbation"].astype(str)
+    )
+    np.testing.assert_array_equal(a.obs["penetrance"], b.obs["penetrance"])
+    assert (a.layers["counts"] != c.layers["counts"]).nnz > 0
+
+
+def test_combinations(sim):
+    truth = sim.uns["simulation"]
+    singles = list(truth["targets"])
+    combos = [p for p in truth["perturbations"] if "+" in p]
+    assert len(combos) == 4 and len(set(combos)) == 4
+    for k, label in enumerate(truth["perturbations"]):
+        parts = parse_perturbation(label)
+        assert "+".join(parts) == label  # canonical, sorted
+        if len(parts) == 2:
+            assert all(p in singles for p in parts)
+            # no saturation: shifts add (linear propagation)
+            summed = sum(truth["expected_shift"][singles.index(p)] for p in parts)
+            np.testing.assert_allclose(truth["expected_shift"][k], summed, atol=1e-5)
+            cells = sim.obs["perturbation"] == label
+            assert (sim.obs.loc[cells, "n_targets"] == 2).all()
+            assert cells.sum() == SMALL["n_cells_per_perturbation"]
+
+
+def test_saturation_bounds_effects():
+    adata = scd.simulate_perturbseq(**SMALL, saturation=0.5, seed=0)
+    assert np.abs(adata.uns["simulation"]["expected_shift"]).max() <= 0.5 + 1e-6
+
+
+def test_h5ad_roundtrip(sim, tmp_path):
+    path = tmp_path / "sim.h5ad"
+    sim.write_h5ad(path)
+    back = ad.read_h5ad(path)
+    truth, read = sim.uns["simulation"], back.uns["simulation"]
+    np.testing.assert_array_equal(truth["adjacency"], read["adjacency"])
+    np.testing.assert_array_equal(truth["expected_shift"], read["expected_shift"])
+    assert list(read["targets"]) == list(truth["targets"])
+    assert read["params"]["n_genes"] == 300
+    assert (back.layers["counts"] != sim.layers["counts"]).nnz == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(n_genes=0),
+        dict(n_perturbations=200),
+        dict(modes=("overexpression",)),
+        dict(density=1.5),
+        dict(penetrance=(0, 1)),
+        dict(n_combinations=10_000),
+        dict(effect_size=-1),
+        dict(n_modules=100),
+    ],
+)
+def test_bad_arguments(kwargs):
+    params = {**SMALL, **kwargs}
+    with pytest.raises(ValueError):
+        scd.simulate_perturbseq(**params)
