@@ -230,3 +230,26 @@ def test_explicit_indices_and_early_stopping(toy_adata):
     )
     assert len(model.history["validation_loss"]) < 30
     assert set(model.train_indices) == set(train)
+
+
+def test_target_direction_grounds_seen_and_unseen_targets(toy_adata):
+    SCCVAE.setup_anndata(toy_adata)
+    model = SCCVAE(toy_adata, n_latent=8, n_hidden=32, target_direction=True, seed=0)
+    model.train(max_epochs=3, enable_progress_bar=False)
+    module = model.module
+    # the buffer follows the final encoder
+    np.testing.assert_allclose(
+        module.target_direction.numpy(), model.latent_directions(model.targets_).numpy(), rtol=1e-4, atol=1e-5
+    )
+    assert module.direction_step.abs().sum() > 0  # learned
+    weights, targets, seen = model._intervention(["g0", "g15"])
+    assert seen == [True, False]
+    unseen_direction = model.latent_directions(["g15"])[0]
+    assert unseen_direction.abs().sum() > 0
+    np.testing.assert_allclose(targets["direction"][1].numpy(), unseen_direction.numpy(), rtol=1e-5)
+    expected_step = module.predicted_direction_step(targets["embedding"][1:2])
+    np.testing.assert_allclose(targets["direction_step"][1:2].numpy(), expected_step.numpy(), rtol=1e-5)
+    # an unmeasured gene has no direction
+    assert model.latent_directions(["NOT_A_GENE"]).abs().sum() == 0
+    dose = model.simulate_knockdown("g15", penetrance=(0.0,), n_cells=10, seed=0)
+    np.testing.assert_allclose(dose.X, model.predict(["control"], n_cells=10, seed=0).X, rtol=1e-5, atol=1e-5)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 import anndata as ad
+import lightning.pytorch as pl
 import networkx as nx
 import numpy as np
 import pandas as pd
@@ -87,6 +88,12 @@ class SCCVAE(BaseModelClass):
     target_temperature
         Temperature of the softmax choosing latent nodes (the reference uses 1); lower
         values sharpen the initial choice and speed up learning.
+    target_direction
+        Ground each intervention in the model itself: besides ``c_t softmax(f(e_t))``, move
+        along ``d_t``, the direction in the exogenous latent space along which the target
+        gene's expression varies among control cells, by a learned step ``s_t`` (for unseen
+        targets predicted from the embedding by a map fitted on training targets). ``d_t``
+        needs the target to be a measured gene; for other targets it is zero.
     seed
         Seed of the graph, the initial weights and the embedding; defaults to
         ``scvi.settings.seed``.
@@ -122,6 +129,7 @@ class SCCVAE(BaseModelClass):
         control_reconstruction_weight: float = 0.25,
         init_magnitude: float = 3.0,
         target_temperature: float = 0.2,
+        target_direction: bool = False,
         seed: int | None = None,
     ):
         super().__init__(adata, registry)
@@ -178,6 +186,7 @@ class SCCVAE(BaseModelClass):
                 control_reconstruction_weight=control_reconstruction_weight,
                 init_magnitude=init_magnitude,
                 target_temperature=target_temperature,
+                use_target_direction=target_direction,
                 seed=seed,
             )
         graph_name = graph if isinstance(graph, str) else f"user DAG ({int(mask.sum())} edges)"
@@ -335,6 +344,9 @@ class SCCVAE(BaseModelClass):
             trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
         elif early_stopping:
             raise ValueError("early_stopping needs validation cells: use train_size < 1 or pass validation_indices.")
+        if self.module.use_target_direction:
+            callbacks = list(trainer_kwargs.pop("callbacks", None) or [])
+            trainer_kwargs["callbacks"] = [*callbacks, _TargetDirectionUpdater(self)]
         runner = self._train_runner_cls(
             self,
             training_plan=training_plan,
@@ -346,39 +358,72 @@ class SCCVAE(BaseModelClass):
             **trainer_kwargs,
         )
         result = runner()
+        self.update_target_directions()
         self.fit_magnitude_map()
         return result
 
     @torch.no_grad()
-    def fit_magnitude_map(self, ridge_penalties: Sequence[float] = (0.1, 1.0, 10.0, 100.0, 1000.0)) -> float:
-        """Fit the map from target embedding to shift magnitude used for unseen targets.
+    def latent_directions(self, genes: Sequence[str], n_cells: int = 2000) -> torch.Tensor:
+        """Direction of each gene's expression in the exogenous latent space of control cells.
 
-        A ridge regression of the learned magnitudes on the training targets' embeddings, the
-        penalty chosen by leave-one-out error. Only training targets are used, never cells of
-        the perturbation being predicted. Called at the end of :meth:`train`.
+        Row ``i`` is the least-squares slope of the posterior mean ``z`` on the expression of
+        ``genes[i]`` across (up to ``n_cells``, seeded) control cells of the training data:
+        how the latent state moves per unit of that gene's expression. Genes that are not
+        measured or do not vary get a zero row.
+        """
+        control, _ = self._control_expression(self.adata)
+        rng = np.random.default_rng(self.seed_)
+        rows = np.sort(rng.choice(control.shape[0], size=min(n_cells, control.shape[0]), replace=False))
+        was_training = self.module.training
+        self.module.eval()
+        x = _dense(control[rows]).astype(np.float32)
+        z = torch.cat([
+            self.module.inference(torch.as_tensor(x[i : i + _CHUNK], device=self.device))["qz"].loc
+            for i in range(0, len(rows), _CHUNK)
+        ])
+        self.module.train(was_training)
+        if self.module.likelihood == "nb":
+            x = np.asarray(_log_normalize(x))
+        column = {g: i for i, g in enumerate(self.var_names_)}
+        measured = [g in column for g in genes]
+        expression = np.zeros((len(rows), len(genes)), dtype=np.float32)
+        for j, gene in enumerate(genes):
+            if measured[j]:
+                expression[:, j] = x[:, column[gene]]
+        expression = torch.as_tensor(expression - expression.mean(0), device=self.device)
+        variance = (expression**2).sum(0)
+        slopes = expression.T @ (z - z.mean(0))  # genes x latent
+        usable = variance > 1e-8 * len(rows)
+        return torch.where(usable[:, None], slopes / variance.clamp_min(1e-12)[:, None], torch.zeros_like(slopes))
+
+    def update_target_directions(self) -> None:
+        """Recompute the training targets' latent directions from the current encoder."""
+        if self.module.use_target_direction:
+            self.module.target_direction.copy_(self.latent_directions(self.targets_))
+
+    @torch.no_grad()
+    def fit_magnitude_map(self, ridge_penalties: Sequence[float] = (0.1, 1.0, 10.0, 100.0, 1000.0)) -> float:
+        """Fit the maps from target embedding to the per-target scalars used for unseen targets.
+
+        Ridge regressions of the learned magnitudes ``c_t`` (and, with ``target_direction``,
+        steps ``s_t``) on the training targets' embeddings, the penalty chosen by
+        leave-one-out error. Only training targets are used, never cells of the perturbation
+        being predicted. Called at the end of :meth:`train`.
 
         Returns
         -------
-        The chosen ridge penalty.
+        The penalty chosen for the magnitude map.
         """
-        embedding = self.module.target_embedding.double().cpu()
-        magnitude = self.module.magnitude.detach().double().cpu()
-        mean_e, mean_c = embedding.mean(0), magnitude.mean()
-        x, y = embedding - mean_e, magnitude - mean_c
-        n, k = x.shape
-        best = (np.inf, ridge_penalties[0], torch.zeros(k, dtype=torch.float64))
-        for penalty in ridge_penalties:
-            gram = x @ x.T
-            hat = gram @ torch.linalg.inv(gram + penalty * torch.eye(n, dtype=torch.float64))
-            residual = (y - hat @ y) / (1.0 - torch.diagonal(hat)).clamp_min(1e-6)
-            loo = float((residual**2).mean()) if n > 1 else 0.0
-            if loo < best[0]:
-                coef = x.T @ torch.linalg.solve(gram + penalty * torch.eye(n, dtype=torch.float64), y)
-                best = (loo, penalty, coef)
-        coef = best[2]
-        self.module.magnitude_coef.copy_(coef.float())
-        self.module.magnitude_intercept.copy_((mean_c - mean_e @ coef).float())
-        return float(best[1])
+        module = self.module
+        embedding = module.target_embedding.double().cpu()
+        penalty, coef, intercept = _ridge_loo(embedding, module.magnitude.detach().double().cpu(), ridge_penalties)
+        module.magnitude_coef.copy_(coef.float())
+        module.magnitude_intercept.copy_(intercept.float())
+        if module.use_target_direction:
+            _, coef, intercept = _ridge_loo(embedding, module.direction_step.detach().double().cpu(), ridge_penalties)
+            module.direction_step_coef.copy_(coef.float())
+            module.direction_step_intercept.copy_(intercept.float())
+        return penalty
 
     # ------------------------------------------------------------------ helpers
     def _parse(self, label: str) -> Targets:
@@ -433,12 +478,13 @@ class SCCVAE(BaseModelClass):
         )
 
     # ------------------------------------------------------------------ interventions
-    def _intervention(self, perturbations: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[bool]]:
+    def _intervention(self, perturbations: Sequence[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[bool]]:
         """Tensors describing the requested perturbations over the targets they involve.
 
-        Returns target weights (perturbations x targets), target embeddings, target
-        magnitudes (learned for training targets, predicted from the embedding otherwise) and
-        whether every target of each perturbation was seen in training.
+        Returns target weights (perturbations x targets); the targets' description
+        (embedding, magnitude and direction step -- learned for training targets, predicted
+        from the embedding otherwise -- and latent direction) as :meth:`SCCVAEModule.shift`
+        takes it; and whether every target of each perturbation was seen in training.
         """
         parsed = [self._parse(label) for label in perturbations]
         involved = sorted({t for targets in parsed for t in targets})
@@ -455,21 +501,34 @@ class SCCVAE(BaseModelClass):
             raise ValueError(f"Cannot represent perturbation target(s) {unknown}: {hint}.")
         module, device = self.module, self.device
         seen = {t: i for i, t in enumerate(self.targets_)}
-        embedding = torch.empty(len(involved), module.target_embedding.shape[1], device=device)
-        magnitude = torch.empty(len(involved), device=device)
-        for column, target in enumerate(involved):
-            if target in seen:
-                embedding[column] = module.target_embedding[seen[target]]
-                magnitude[column] = module.magnitude[seen[target]].detach()
-            else:
-                embedding[column] = torch.as_tensor(self.gene_embedding_.loc[target].to_numpy(np.float32), device=device)
-                magnitude[column] = module.predicted_magnitude(embedding[column])
+        seen_rows = torch.as_tensor([seen.get(t, 0) for t in involved], device=device, dtype=torch.long)
+        is_seen = torch.as_tensor([t in seen for t in involved], device=device, dtype=torch.bool)
+        new_embedding = torch.as_tensor(
+            self.gene_embedding_.reindex(involved).fillna(0.0).to_numpy(np.float32), device=device
+        )
+        embedding = torch.where(is_seen[:, None], module.target_embedding[seen_rows], new_embedding)
+        targets = {
+            "embedding": embedding,
+            "magnitude": torch.where(
+                is_seen, module.magnitude.detach()[seen_rows], module.predicted_magnitude(embedding)
+            ),
+            "direction_step": torch.where(
+                is_seen, module.direction_step.detach()[seen_rows], module.predicted_direction_step(embedding)
+            ),
+            "direction": torch.zeros(len(involved), module.n_latent, device=device),
+        }
+        if module.use_target_direction:
+            unseen = [t for t in involved if t not in seen]
+            directions = module.target_direction[seen_rows].clone()
+            if unseen:
+                directions[~is_seen] = self.latent_directions(unseen)
+            targets["direction"] = directions
         weights = torch.zeros(len(parsed), len(involved), device=device)
         column_of = {t: i for i, t in enumerate(involved)}
-        for row, targets in enumerate(parsed):
-            weights[row, [column_of[t] for t in targets]] = 1.0
-        all_seen = [all(t in seen for t in targets) for targets in parsed]
-        return weights, embedding, magnitude, all_seen
+        for row, target_set in enumerate(parsed):
+            weights[row, [column_of[t] for t in target_set]] = 1.0
+        all_seen = [all(t in seen for t in target_set) for target_set in parsed]
+        return weights, targets, all_seen
 
     def _encode_controls(
         self, adata: ad.AnnData | None, n_cells: int, seed: int | None, sample: bool = True
@@ -495,7 +554,7 @@ class SCCVAE(BaseModelClass):
             library_parts.append(x.sum(dim=1, keepdim=True))
         return torch.cat(z_parts), torch.cat(library_parts), names[rows]
 
-    def _decode_intervention(self, z, library, weights_row, embedding, magnitude) -> torch.Tensor:
+    def _decode_intervention(self, z, library, weights_row, targets) -> torch.Tensor:
         out = []
         for start in range(0, z.shape[0], _CHUNK):
             z_chunk = z[start : start + _CHUNK]
@@ -503,8 +562,7 @@ class SCCVAE(BaseModelClass):
                 z_chunk,
                 weights_row.expand(z_chunk.shape[0], -1),
                 library=library[start : start + _CHUNK],
-                target_embedding=embedding,
-                magnitude=magnitude,
+                targets=targets,
             )
             out.append(self.module.expression_mean(outputs["prediction"], outputs["library"]))
         return torch.cat(out)
@@ -568,11 +626,11 @@ class SCCVAE(BaseModelClass):
             raise ValueError("No perturbations given to predict.")
         self._check_if_trained(warn=True)
         self.module.eval()
-        weights, embedding, magnitude, all_seen = self._intervention(perturbations)
+        weights, targets, all_seen = self._intervention(perturbations)
         z, library, names = self._encode_controls(adata, n_cells, seed)
         blocks, obs = [], []
         for row, label in enumerate(perturbations):
-            cells = self._decode_intervention(z, library, weights[row], embedding, magnitude)
+            cells = self._decode_intervention(z, library, weights[row], targets)
             blocks.append(cells.cpu().numpy())
             obs.append(pd.DataFrame({self.perturbation_key_: label, "seen": all_seen[row], "control_cell": names}))
         return self._cells_to_anndata(blocks, pd.concat(obs), return_mean, self.perturbation_key_)
@@ -601,11 +659,12 @@ class SCCVAE(BaseModelClass):
         penetrance = [float(p) for p in np.atleast_1d(penetrance)]
         self._check_if_trained(warn=True)
         self.module.eval()
-        weights, embedding, magnitude, all_seen = self._intervention([perturbation])
+        weights, targets, _ = self._intervention([perturbation])
         z, library, names = self._encode_controls(adata, n_cells, seed)
         blocks, obs = [], []
         for level in penetrance:
-            cells = self._decode_intervention(z, library, weights[0], embedding, magnitude * level)
+            scaled = dict(targets, magnitude=targets["magnitude"] * level, direction_step=targets["direction_step"] * level)
+            cells = self._decode_intervention(z, library, weights[0], scaled)
             blocks.append(cells.cpu().numpy())
             obs.append(pd.DataFrame({self.perturbation_key_: perturbation, "penetrance": level, "control_cell": names}))
         return self._cells_to_anndata(blocks, pd.concat(obs), return_mean, "penetrance")
@@ -688,10 +747,11 @@ class SCCVAE(BaseModelClass):
         perturbations = self._training_perturbations() if perturbations is None else [str(p) for p in perturbations]
         self._check_if_trained(warn=True)
         self.module.eval()
-        weights, embedding, magnitude, all_seen = self._intervention(perturbations)
+        weights, targets, all_seen = self._intervention(perturbations)
         z, _, _ = self._encode_controls(adata, n_cells, seed, sample=False)
-        distribution = self.module.target_distribution(embedding)
-        shifts = weights @ (magnitude[:, None] * distribution)
+        distribution = self.module.target_distribution(targets["embedding"])
+        shifts = self.module.shift(weights, targets)
+        magnitude = targets["magnitude"]
         n_targets = weights.sum(dim=1, keepdim=True).clamp_min(1.0)
         target_distribution = (weights @ distribution) / n_targets
         causal_mean = torch.stack([self.module.scm(z, shift.expand_as(z)).mean(0) for shift in shifts])
@@ -726,6 +786,34 @@ class SCCVAE(BaseModelClass):
         names = self.latent_node_names_
         graph.add_weighted_edges_from((names[s], names[t], float(adjacency[s, t])) for s, t in zip(sources, targets, strict=True))
         return graph
+
+
+class _TargetDirectionUpdater(pl.Callback):
+    """Keeps the training targets' latent directions in step with the encoder, every epoch."""
+
+    def __init__(self, model: SCCVAE):
+        self.model = model
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.model.update_target_directions()
+
+
+def _ridge_loo(x: torch.Tensor, y: torch.Tensor, penalties: Sequence[float]):
+    """Ridge regression of ``y`` on ``x`` with the penalty of least leave-one-out error."""
+    mean_x, mean_y = x.mean(0), y.mean()
+    xc, yc = x - mean_x, y - mean_y
+    n = xc.shape[0]
+    gram = xc @ xc.T
+    identity = torch.eye(n, dtype=x.dtype)
+    best = (np.inf, penalties[0], torch.zeros(x.shape[1], dtype=x.dtype))
+    for penalty in penalties:
+        hat = gram @ torch.linalg.solve(gram + penalty * identity, identity)
+        residual = (yc - hat @ yc) / (1.0 - torch.diagonal(hat)).clamp_min(1e-6)
+        loo = float((residual**2).mean()) if n > 1 else 0.0
+        if loo < best[0]:
+            best = (loo, penalty, xc.T @ torch.linalg.solve(gram + penalty * identity, yc))
+    _, penalty, coef = best
+    return penalty, coef, mean_y - mean_x @ coef
 
 
 def _resolve_seed(seed: int | None) -> int:

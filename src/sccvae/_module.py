@@ -61,6 +61,11 @@ class SCCVAEModule(BaseModuleClass):
     target_temperature
         Temperature of the softmax over latent nodes. Below 1 it sharpens the initial
         choice of nodes and speeds up learning which nodes a target moves; 1 is the reference.
+    use_target_direction
+        Add to each target's shift a learned step ``s_t`` along ``d_t``, the latent direction
+        in which the target gene's expression varies among control cells (a buffer the model
+        keeps up to date, see :meth:`sccvae.SCCVAE.train`). ``d_t`` comes from the model
+        itself, so it exists for unseen measured genes too.
     seed
         Seed of the initial SCM weights.
     """
@@ -80,6 +85,7 @@ class SCCVAEModule(BaseModuleClass):
         control_reconstruction_weight: float = 0.25,
         init_magnitude: float = 3.0,
         target_temperature: float = 0.2,
+        use_target_direction: bool = False,
         seed: int = 0,
     ):
         super().__init__()
@@ -105,6 +111,10 @@ class SCCVAEModule(BaseModuleClass):
         # after training on the learned magnitudes (see SCCVAE.train), zero-slope until then.
         self.register_buffer("magnitude_coef", torch.zeros(embedding_dim))
         self.register_buffer("magnitude_intercept", torch.tensor(float(init_magnitude)))
+        self.use_target_direction = use_target_direction
+        self.register_buffer("target_direction", torch.zeros(n_targets, n_latent))
+        self.register_buffer("direction_step_coef", torch.zeros(embedding_dim))
+        self.register_buffer("direction_step_intercept", torch.zeros(()))
 
         mlp_kwargs = {
             "use_batch_norm": False,
@@ -126,6 +136,7 @@ class SCCVAEModule(BaseModuleClass):
             nn.Linear(n_hidden_perturbation, n_latent),
         )
         self.magnitude = nn.Parameter(torch.full((n_targets,), float(init_magnitude)))
+        self.direction_step = nn.Parameter(torch.zeros(n_targets), requires_grad=use_target_direction)
         self.scm = LatentSCM(graph_mask, seed=seed)
         self.decoder_body = FCLayers(
             n_latent, n_hidden, n_layers=n_layers, n_hidden=n_hidden, dropout_rate=dropout_rate, **mlp_kwargs
@@ -144,19 +155,31 @@ class SCCVAEModule(BaseModuleClass):
         """Shift magnitude of targets not seen in training, from their embedding."""
         return target_embedding @ self.magnitude_coef + self.magnitude_intercept
 
-    def shift(
-        self,
-        target_weights: torch.Tensor,
-        target_embedding: torch.Tensor | None = None,
-        magnitude: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Latent shift ``sum_t w_t c_t a_t`` for each row of ``target_weights`` (cells x targets).
+    def predicted_direction_step(self, target_embedding: torch.Tensor) -> torch.Tensor:
+        """Step along the expression direction for targets not seen in training."""
+        return target_embedding @ self.direction_step_coef + self.direction_step_intercept
 
-        Without ``target_embedding`` / ``magnitude`` the training targets are used; pass both
-        to intervene on any set of targets (e.g. unseen genes) or to scale a knock-down.
+    def training_targets(self) -> dict[str, torch.Tensor]:
+        """The description of the training targets that :meth:`shift` uses by default."""
+        return {
+            "embedding": self.target_embedding,
+            "magnitude": self.magnitude,
+            "direction": self.target_direction,
+            "direction_step": self.direction_step,
+        }
+
+    def shift(self, target_weights: torch.Tensor, targets: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Latent shift ``sum_t w_t (c_t a_t + s_t d_t)`` per row of ``target_weights`` (cells x targets).
+
+        ``targets`` describes the columns of ``target_weights`` (keys ``embedding``,
+        ``magnitude`` and, with ``use_target_direction``, ``direction`` and
+        ``direction_step``); the training targets if ``None``. Pass another description to
+        intervene on any targets (e.g. unseen genes) or to scale a knock-down.
         """
-        magnitude = self.magnitude if magnitude is None else magnitude
-        per_target = magnitude[:, None] * self.target_distribution(target_embedding)
+        targets = self.training_targets() if targets is None else targets
+        per_target = targets["magnitude"][:, None] * self.target_distribution(targets["embedding"])
+        if self.use_target_direction:
+            per_target = per_target + targets["direction_step"][:, None] * targets["direction"]
         return target_weights @ per_target
 
     # ----------------------------------------------------------------- scvi interface
@@ -218,11 +241,10 @@ class SCCVAEModule(BaseModuleClass):
         z: torch.Tensor,
         target_weights: torch.Tensor,
         library: torch.Tensor | None = None,
-        target_embedding: torch.Tensor | None = None,
-        magnitude: torch.Tensor | None = None,
+        targets: dict[str, torch.Tensor] | None = None,
     ) -> dict:
         """Shift, propagate and decode: predictions for the perturbed and the unperturbed state."""
-        shift = self.shift(target_weights, target_embedding, magnitude)
+        shift = self.shift(target_weights, targets)
         u = self.scm(z, shift)
         u_control = self.scm(z)
         return {

@@ -168,6 +168,7 @@ def simulate_perturbseq(
     n_programs: int = 3,
     program_scale: float = 0.2,
     gene_noise: float = 0.1,
+    regulator_noise: float = 0.3,
     library_size: float = 5000.0,
     library_size_sigma: float = 0.35,
     dispersion: float = 0.1,
@@ -195,7 +196,9 @@ def simulate_perturbseq(
     3. **Cell state.** ``log mu[i, g] = log L_i + log p_g + (f_i @ F)_g + eps_ig + delta_ig``
        with library size ``L_i ~ LogNormal(log library_size, library_size_sigma)``,
        ``n_programs`` shared cell-state programs (``f_i ~ N(0, I)``, loadings
-       ``F ~ N(0, program_scale)``) and gene-level noise ``eps ~ N(0, gene_noise)``.
+       ``F ~ N(0, program_scale)``), gene-level noise ``eps ~ N(0, gene_noise)``, and the
+       intrinsic variation of every target, ``N(0, regulator_noise)``, propagated through the
+       network like an intervention (so regulators and their downstream genes co-vary).
     4. **Interventions.** A single perturbation of target ``t`` shifts ``t``'s log expression
        by ``s_t = sign * effect_size * U(0.75, 1.25)`` (sign -1 for ``"knockdown"``/CRISPRi,
        +1 for ``"activation"``/CRISPRa; mode drawn per target from ``modes``). Each perturbed
@@ -247,6 +250,12 @@ def simulate_perturbseq(
         Number and loading scale of shared cell-state programs.
     gene_noise
         Standard deviation of independent log-scale noise per cell and gene.
+    regulator_noise
+        Standard deviation of each perturbation target's intrinsic log-scale variation,
+        which propagates through the network in every cell (control cells included), as the
+        natural variation of a regulator moves its downstream genes. This is what makes
+        control-cell coexpression informative about regulation; 0 switches it off (then no
+        method can tell unseen targets apart from their coexpression).
     library_size, library_size_sigma
         Median and log-scale spread of per-cell library sizes (UMIs of a control cell).
     dispersion
@@ -294,6 +303,7 @@ def simulate_perturbseq(
     expression_sigma = _check_positive_float(expression_sigma, "expression_sigma", allow_zero=True)
     program_scale = _check_positive_float(program_scale, "program_scale", allow_zero=True)
     gene_noise = _check_positive_float(gene_noise, "gene_noise", allow_zero=True)
+    regulator_noise = _check_positive_float(regulator_noise, "regulator_noise", allow_zero=True)
     library_size = _check_positive_float(library_size, "library_size")
     library_size_sigma = _check_positive_float(
         library_size_sigma, "library_size_sigma", allow_zero=True
@@ -429,6 +439,10 @@ def simulate_perturbseq(
     theta = (1.0 / (dispersion * np.exp(rng.normal(0.0, 0.5, n_genes)))).astype(np.float32)
     loadings = rng.normal(0.0, program_scale, (n_programs, n_genes)).astype(np.float32)
     log_p32 = log_p.astype(np.float32)
+    # total effect of a unit change of each target on every gene (targets x genes)
+    target_units = np.zeros((len(targets), n_genes))
+    target_units[np.arange(len(targets)), targets] = 1.0
+    target_propagation = _total_effects(w, order, target_units).astype(np.float32) if regulator_noise > 0 else None
 
     def block(n: int, effect: np.ndarray | None):
         log_lib = rng.normal(np.log(library_size), library_size_sigma, n).astype(np.float32)
@@ -438,6 +452,10 @@ def simulate_perturbseq(
         log_mu += log_lib[:, None]
         if n_programs:
             log_mu += rng.standard_normal((n, n_programs), dtype=np.float32) @ loadings
+        if target_propagation is not None:
+            intrinsic = rng.standard_normal((n, target_propagation.shape[0]), dtype=np.float32)
+            intrinsic *= np.float32(regulator_noise)
+            log_mu += intrinsic @ target_propagation
         if effect is None:
             pen = np.zeros(n, dtype=np.float32)
         else:
@@ -539,7 +557,8 @@ def simulate_perturbseq(
         "module_edge_prob": float(module_edge_prob), "combination_size": combination_size,
         "edge_weight_range": [lo, hi], "activation_fraction": float(activation_fraction),
         "expression_sigma": expression_sigma, "n_programs": n_programs,
-        "program_scale": program_scale, "gene_noise": gene_noise, "library_size": library_size,
+        "program_scale": program_scale, "gene_noise": gene_noise,
+        "regulator_noise": regulator_noise, "library_size": library_size,
         "library_size_sigma": library_size_sigma, "dispersion": dispersion,
         "penetrance": (
             "None" if penetrance is None
