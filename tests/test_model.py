@@ -82,9 +82,14 @@ def test_latent_queries(trained_model):
     np.testing.assert_allclose(latents.obsm["shift"].sum(axis=1), latents.obs["magnitude"], rtol=1e-4)
     dose = trained_model.simulate_knockdown("g2", n_cells=20, seed=0)
     assert dose.shape[0] == 100 and sorted(dose.obs["penetrance"].unique()) == [0.0, 0.25, 0.5, 0.75, 1.0]
-    zero = dose[dose.obs["penetrance"] == 0].X
+    zero = dose[dose.obs["penetrance"] == 0]
     control_recon = trained_model.predict(["control"], n_cells=20, seed=0).X
-    np.testing.assert_allclose(zero, control_recon, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(zero.X, control_recon, rtol=1e-5, atol=1e-5)
+    # counterfactuals at zero penetrance are the source cells themselves
+    source = trained_model.adata[zero.obs["control_cell"].to_numpy()].X.toarray()
+    np.testing.assert_allclose(zero.X, source, rtol=1e-5, atol=1e-5)
+    means = trained_model.simulate_knockdown("g2", n_cells=20, seed=0, counterfactual=False)
+    assert not np.allclose(means[means.obs["penetrance"] == 0].X, source)
     full = dose[dose.obs["penetrance"] == 1.0].X
     np.testing.assert_allclose(full, trained_model.predict(["g2"], n_cells=20, seed=0).X, rtol=1e-5, atol=1e-5)
     graph = trained_model.get_graph(threshold=0.0)
@@ -171,7 +176,8 @@ def test_negative_binomial_on_counts():
     model.train(max_epochs=15, enable_progress_bar=False)
     loss = model.history["train_loss"]["train_loss"].to_numpy()
     assert loss[-1] < loss[0]
-    pred = model.predict(["g0", "g15"], n_cells=50, seed=0)
+    assert np.all(model.predict(["g0", "g15"], n_cells=50, seed=0).X >= 0)
+    pred = model.predict(["g0", "g15"], n_cells=50, seed=0, counterfactual=False)
     assert np.all(pred.X >= 0)
     # expected counts sum to the source cells' library sizes
     library = np.asarray(adata[pred.obs["control_cell"].to_numpy()[:50]].X.sum(axis=1)).ravel()

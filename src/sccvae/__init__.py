@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 from importlib.metadata import PackageNotFoundError, version
 
-from . import baselines, data, metrics, splits
+from . import baselines, data, metrics, pl, splits
 from ._dataloading import PairedPerturbationSampler, PerturbationDataSplitter
+from ._interpretation import module_recovery_score, perturbation_modules, pseudobulk_modules
 from ._model import SCCVAE
 from ._module import SCCVAEModule
 from ._scm import LatentSCM, build_graph_mask
@@ -24,7 +25,11 @@ __all__ = [
     "baselines",
     "data",
     "metrics",
+    "pl",
     "splits",
+    "module_recovery_score",
+    "perturbation_modules",
+    "pseudobulk_modules",
     "SCCVAEModule",
     "SCCVAETrainingPlan",
     "LatentSCM",

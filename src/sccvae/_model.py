@@ -532,16 +532,20 @@ class SCCVAE(BaseModelClass):
 
     def _encode_controls(
         self, adata: ad.AnnData | None, n_cells: int, seed: int | None, sample: bool = True
-    ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-        """Exogenous noise ``z`` and library size of ``n_cells`` control cells drawn with ``seed``."""
+    ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, torch.Tensor]:
+        """``n_cells`` control cells drawn with ``seed``: exogenous noise ``z``, library sizes,
+        names and expression (posterior means of ``z`` unless ``sample``)."""
         if n_cells < 1:
             raise ValueError(f"n_cells must be at least 1, got {n_cells}.")
         seed = _resolve_seed(seed)
         control, names = self._control_expression(adata)
         rng = np.random.default_rng(seed)
-        rows = rng.choice(control.shape[0], size=n_cells, replace=n_cells > control.shape[0])
+        # consecutive random permutations: every control cell is used as evenly as possible,
+        # so the source cells' mean stays close to the control mean
+        n_control = control.shape[0]
+        rows = np.concatenate([rng.permutation(n_control) for _ in range(-(-n_cells // n_control))])[:n_cells]
         generator = torch.Generator().manual_seed(seed)
-        z_parts, library_parts = [], []
+        z_parts, library_parts, x_parts = [], [], []
         for start in range(0, n_cells, _CHUNK):
             chunk = control[rows[start : start + _CHUNK]]
             x = torch.as_tensor(_dense(chunk), dtype=torch.float32, device=self.device)
@@ -552,9 +556,11 @@ class SCCVAE(BaseModelClass):
                 z = qz.loc + qz.scale * noise
             z_parts.append(z)
             library_parts.append(x.sum(dim=1, keepdim=True))
-        return torch.cat(z_parts), torch.cat(library_parts), names[rows]
+            x_parts.append(x)
+        return torch.cat(z_parts), torch.cat(library_parts), names[rows], torch.cat(x_parts)
 
-    def _decode_intervention(self, z, library, weights_row, targets) -> torch.Tensor:
+    def _decode_intervention(self, z, library, weights_row, targets, source=None) -> torch.Tensor:
+        """Predicted cells under one intervention; with ``source`` cells, their counterfactuals."""
         out = []
         for start in range(0, z.shape[0], _CHUNK):
             z_chunk = z[start : start + _CHUNK]
@@ -564,7 +570,14 @@ class SCCVAE(BaseModelClass):
                 library=library[start : start + _CHUNK],
                 targets=targets,
             )
-            out.append(self.module.expression_mean(outputs["prediction"], outputs["library"]))
+            if source is None:
+                out.append(self.module.expression_mean(outputs["prediction"], outputs["library"]))
+            else:
+                out.append(
+                    self.module.abduct(
+                        source[start : start + _CHUNK], outputs["prediction"], outputs["control_prediction"]
+                    )
+                )
         return torch.cat(out)
 
     def _cells_to_anndata(self, blocks: list[np.ndarray], obs: pd.DataFrame, return_mean: bool, group_key: str) -> ad.AnnData:
@@ -589,6 +602,7 @@ class SCCVAE(BaseModelClass):
         adata: ad.AnnData | None = None,
         return_mean: bool = False,
         seed: int | None = None,
+        counterfactual: bool = True,
     ) -> ad.AnnData:
         """Predict cells under seen, unseen or combined perturbations.
 
@@ -612,14 +626,22 @@ class SCCVAE(BaseModelClass):
             Return one row per perturbation (mean over its predicted cells).
         seed
             Seed of the control cells and latent noise; ``scvi.settings.seed`` if ``None``.
+        counterfactual
+            Predict each source cell's counterfactual: the cell keeps its own deviation from
+            the model's reconstruction, ``x + g(u) - g(u0)`` with one draw of ``z`` from its
+            posterior shared by both terms (for ``"nb"``, its counts scaled by
+            ``g(u) / g(u0)``). Cells then vary as real
+            cells do, and the model's reconstruction error does not enter the predicted
+            change. ``False`` returns decoder outputs ``g(u)`` for ``z`` sampled from the
+            posterior (smooth, less variable than real cells).
 
         Returns
         -------
         A new AnnData with the model's ``var_names``, ``obs[perturbation_key]`` holding the
         requested labels, ``obs["seen"]`` (all targets seen in training) and ``X`` the
         predicted expression in the input's space (log-normalised values for
-        ``likelihood="gaussian"``, expected counts at each source cell's library size for
-        ``"nb"``). The input AnnData is not modified.
+        ``likelihood="gaussian"``, counts for ``"nb"``, expected counts at each source cell's
+        library size when ``counterfactual=False``). The input AnnData is not modified.
         """
         perturbations = [perturbations] if isinstance(perturbations, str) else [str(p) for p in perturbations]
         if not perturbations:
@@ -627,10 +649,11 @@ class SCCVAE(BaseModelClass):
         self._check_if_trained(warn=True)
         self.module.eval()
         weights, targets, all_seen = self._intervention(perturbations)
-        z, library, names = self._encode_controls(adata, n_cells, seed)
+        z, library, names, source = self._encode_controls(adata, n_cells, seed)
+        source = source if counterfactual else None
         blocks, obs = [], []
         for row, label in enumerate(perturbations):
-            cells = self._decode_intervention(z, library, weights[row], targets)
+            cells = self._decode_intervention(z, library, weights[row], targets, source)
             blocks.append(cells.cpu().numpy())
             obs.append(pd.DataFrame({self.perturbation_key_: label, "seen": all_seen[row], "control_cell": names}))
         return self._cells_to_anndata(blocks, pd.concat(obs), return_mean, self.perturbation_key_)
@@ -644,12 +667,15 @@ class SCCVAE(BaseModelClass):
         adata: ad.AnnData | None = None,
         return_mean: bool = False,
         seed: int | None = None,
+        counterfactual: bool = True,
     ) -> ad.AnnData:
         """Cells under a perturbation whose shift is scaled from 0 to its full magnitude.
 
         Scaling ``c_t`` by a penetrance in [0, 1] mimics a partial knock-down (or
         activation): 0 gives the model's unperturbed cells, 1 its full prediction. The same
         control cells are used at every level, so the result is a dose-response per gene.
+        ``counterfactual`` is as in :meth:`predict` (penetrance 0 then returns the source
+        cells themselves).
 
         Returns
         -------
@@ -660,11 +686,12 @@ class SCCVAE(BaseModelClass):
         self._check_if_trained(warn=True)
         self.module.eval()
         weights, targets, _ = self._intervention([perturbation])
-        z, library, names = self._encode_controls(adata, n_cells, seed)
+        z, library, names, source = self._encode_controls(adata, n_cells, seed)
+        source = source if counterfactual else None
         blocks, obs = [], []
         for level in penetrance:
             scaled = dict(targets, magnitude=targets["magnitude"] * level, direction_step=targets["direction_step"] * level)
-            cells = self._decode_intervention(z, library, weights[0], scaled)
+            cells = self._decode_intervention(z, library, weights[0], scaled, source)
             blocks.append(cells.cpu().numpy())
             obs.append(pd.DataFrame({self.perturbation_key_: perturbation, "penetrance": level, "control_cell": names}))
         return self._cells_to_anndata(blocks, pd.concat(obs), return_mean, "penetrance")
@@ -748,7 +775,7 @@ class SCCVAE(BaseModelClass):
         self._check_if_trained(warn=True)
         self.module.eval()
         weights, targets, all_seen = self._intervention(perturbations)
-        z, _, _ = self._encode_controls(adata, n_cells, seed, sample=False)
+        z, _, _, _ = self._encode_controls(adata, n_cells, seed, sample=False)
         distribution = self.module.target_distribution(targets["embedding"])
         shifts = self.module.shift(weights, targets)
         magnitude = targets["magnitude"]
@@ -771,6 +798,23 @@ class SCCVAE(BaseModelClass):
         result.obsm["target_distribution"] = target_distribution.cpu().numpy()
         result.uns["control_causal_mean"] = self.module.scm(z).mean(0).cpu().numpy()
         return result
+
+    def perturbation_modules(
+        self,
+        perturbations: Sequence[str] | None = None,
+        resolution: float = 1.0,
+        use: Literal["shift", "causal"] = "shift",
+        **kwargs,
+    ) -> ad.AnnData:
+        """Cluster perturbations into functional modules by their latent interventions.
+
+        One row per perturbation (training perturbations by default; pass labels to include
+        unseen ones) with a neighbour graph, a UMAP and ``obs["module"]`` (leiden). See
+        :func:`sccvae.perturbation_modules` for all options.
+        """
+        from ._interpretation import perturbation_modules
+
+        return perturbation_modules(self, perturbations=perturbations, resolution=resolution, use=use, **kwargs)
 
     def get_graph(self, threshold: float = 0.0) -> nx.DiGraph:
         """Learned edges between latent nodes with ``|weight| > threshold``.

@@ -262,6 +262,19 @@ class SCCVAEModule(BaseModuleClass):
             return decoded * library
         return decoded
 
+    def abduct(
+        self, source: torch.Tensor, prediction: torch.Tensor, control_prediction: torch.Tensor
+    ) -> torch.Tensor:
+        """Counterfactual of an observed control cell that keeps its own residual.
+
+        With ``x = g(u0) + noise`` the counterfactual under the intervention is ``g(u) + noise``
+        = ``x + g(u) - g(u0)`` (abduction of the observation noise). For ``"nb"`` the cell's
+        counts are scaled by the ratio of predicted expression proportions ``g(u) / g(u0)``.
+        """
+        if self.likelihood == "nb":
+            return source * prediction / control_prediction.clamp_min(1e-10)
+        return source + prediction - control_prediction
+
     def loss(
         self,
         tensors: dict[str, torch.Tensor],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import torch
 from scvi.train import TrainingPlan
 
 logger = logging.getLogger(__name__)
@@ -26,6 +27,19 @@ class SCCVAETrainingPlan(TrainingPlan):
 
     def __init__(self, module, *, lr: float = 1e-3, n_epochs_kl_warmup: int | None = 100, **kwargs):
         super().__init__(module, lr=lr, n_epochs_kl_warmup=n_epochs_kl_warmup, **kwargs)
+
+    def on_train_start(self) -> None:
+        """Flush denormal floats to zero while training (restored afterwards).
+
+        Tiny weights and activations on CPU can become denormal, which made some seeds train
+        an order of magnitude slower late in training.
+        """
+        self._flush_denormal_supported = torch.set_flush_denormal(True)
+
+    def on_train_end(self) -> None:
+        """Switch denormal flushing off again (process-wide, off by default)."""
+        if getattr(self, "_flush_denormal_supported", False):
+            torch.set_flush_denormal(False)
 
     def _optimizer_creator_fn(self, optimizer_cls):
         """Adam/AdamW with the fused kernel where available.

@@ -1,0 +1,228 @@
+r"""Command-line interface: ``sccvae benchmark ...``.
+
+Examples
+--------
+Benchmark on simulated data (unseen perturbations, 5 folds, all methods)::
+
+    sccvae benchmark --out bench/
+
+On the perturbench development file (Norman 2019 subset), held-out combinations::
+
+    sccvae benchmark --data perturbench_devel.h5ad --perturbation-key condition \\
+        --dataset norman19 --split combo --out bench_norman/
+
+Bad input (missing file or column, unknown method, too few perturbations for the folds...)
+is reported before any training, with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+import warnings
+from collections.abc import Sequence
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["main", "build_parser"]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser of the ``sccvae`` command."""
+    from sccvae.benchmark import DEFAULT_MAX_EPOCHS, DEFAULT_MODEL_KWARGS, METHODS
+
+    parser = argparse.ArgumentParser(
+        prog="sccvae",
+        description="SCCVAE: single-cell causal VAE for genetic perturbation responses.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    method_help = "; ".join(f"{k}: {v}" for k, v in METHODS.items())
+    bench = sub.add_parser(
+        "benchmark",
+        help="benchmark SCCVAE against baselines on held-out perturbations",
+        description=(
+            "Split the data, train SCCVAE and baselines on training cells only, predict the "
+            "held-out perturbations and score them (per-perturbation metrics, bootstrap CIs, "
+            "win rates of sccvae vs each method). Models are trained only on training and "
+            "validation cells; test cells are used for scoring only. X of a data file must "
+            "hold log-normalised expression (normalize_total + log1p)."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    bench.add_argument(
+        "--data",
+        default="simulated",
+        help="'simulated' (sccvae.data.simulate_perturbseq defaults; 30 combinations added "
+        "for --split combo) or a path to an .h5ad file with log-normalised X",
+    )
+    bench.add_argument(
+        "--perturbation-key",
+        default="perturbation",
+        help="obs column with perturbation labels (perturbench devel file: condition)",
+    )
+    bench.add_argument("--control-label", default="control", help="label of control cells")
+    bench.add_argument(
+        "--combination-delimiter", default="+", help="joins the targets of a combination"
+    )
+    bench.add_argument(
+        "--dataset",
+        default=None,
+        help="keep only cells with this obs['dataset'] value (e.g. norman19)",
+    )
+    bench.add_argument(
+        "--split",
+        choices=("unseen", "seen", "combo"),
+        default="unseen",
+        help="unseen: K folds of perturbations never seen in training; seen: cells of every "
+        "perturbation split 70/10/20; combo: held-out combinations",
+    )
+    bench.add_argument("--folds", type=_positive_int, default=5, help="folds of the unseen split")
+    bench.add_argument(
+        "--max-epochs", type=_positive_int, default=DEFAULT_MAX_EPOCHS, help="SCCVAE epochs"
+    )
+    bench.add_argument(
+        "--methods",
+        default=None,
+        help="comma-separated methods (default: sccvae,sccvae_nograph,control,mean,linear; "
+        f"plus additive for --split combo). {method_help}",
+    )
+    bench.add_argument("--seed", type=int, default=0, help="seed of data, splits and models")
+    bench.add_argument("--out", default=None, help="output directory (created)")
+    bench.add_argument(
+        "--n-cells", type=_positive_int, default=100, help="cells predicted per perturbation"
+    )
+    bench.add_argument(
+        "--n-latent",
+        type=_positive_int,
+        default=DEFAULT_MODEL_KWARGS["n_latent"],
+        help="SCCVAE latent nodes",
+    )
+    bench.add_argument(
+        "--n-hidden",
+        type=_positive_int,
+        default=DEFAULT_MODEL_KWARGS["n_hidden"],
+        help="SCCVAE hidden layer width",
+    )
+    bench.add_argument("--batch-size", type=_positive_int, default=32, help="SCCVAE batch size")
+    bench.add_argument("--lr", type=float, default=None, help="SCCVAE learning rate")
+    bench.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=1,
+        help="CPU threads of torch and BLAS during the run (1 is fastest for these small "
+        "models on a shared machine)",
+    )
+    bench.add_argument("--quiet", action="store_true", help="no progress bars or logging")
+    bench.set_defaults(handler=_benchmark, subparser=bench)
+    return parser
+
+
+@contextlib.contextmanager
+def _logging(quiet: bool):
+    """Route the package's log records through rich (above the progress bars) for one run."""
+    from rich.logging import RichHandler
+
+    package = logging.getLogger("sccvae")
+    bench = logging.getLogger("sccvae.benchmark")
+    saved = (package.level, package.propagate, bench.level)
+    handler = RichHandler(show_path=False, show_time=False, markup=False)
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    package.addHandler(handler)
+    package.propagate = False
+    package.setLevel(logging.ERROR if quiet else logging.WARNING)
+    bench.setLevel(logging.ERROR if quiet else logging.INFO)
+    try:
+        yield
+    finally:
+        package.removeHandler(handler)
+        package.setLevel(saved[0])
+        package.propagate = saved[1]
+        bench.setLevel(saved[2])
+
+
+def _benchmark(args: argparse.Namespace, parser: argparse.ArgumentParser, argv) -> int:
+    from rich.console import Console
+
+    from sccvae.benchmark import BenchmarkInputError, command_line, print_table, run_benchmark
+
+    model_kwargs = {"n_latent": args.n_latent, "n_hidden": args.n_hidden}
+    train_kwargs = {"batch_size": args.batch_size}
+    if args.lr is not None:
+        train_kwargs["plan_kwargs"] = {"lr": args.lr}
+    command = command_line(["sccvae", *argv] if argv is not None else None)
+    try:
+        with _logging(args.quiet), warnings.catch_warnings():
+            # a known deprecation notice from inside Lightning, printed once per model fit
+            warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec.*")
+            result = run_benchmark(
+                data=args.data,
+                perturbation_key=args.perturbation_key,
+                control_label=args.control_label,
+                combination_delimiter=args.combination_delimiter,
+                dataset=args.dataset,
+                split=args.split,
+                n_folds=args.folds,
+                max_epochs=args.max_epochs,
+                methods=args.methods,
+                seed=args.seed,
+                out=args.out,
+                n_cells=args.n_cells,
+                model_kwargs=model_kwargs,
+                train_kwargs=train_kwargs,
+                progress=not args.quiet,
+                n_threads=args.threads,
+                command=command,
+            )
+    except (BenchmarkInputError, FileNotFoundError) as err:
+        message = str(err.args[0]) if err.args else str(err)
+        parser.error(message)  # exits with status 2
+    console = Console()
+    if not console.is_terminal:  # e.g. redirected to a file: do not squeeze to 80 columns
+        console = Console(width=170)
+    print_table(result, console=console)
+    categories = [c for c in dict.fromkeys(result.summary["category"]) if c != "all"]
+    if len(categories) == 1:  # equals the "all" table
+        categories = []
+    for category in categories:
+        print_table(result, console=console, category=category)
+    for note in result.notes:
+        console.print(f"[yellow]note:[/yellow] {note}")
+    console.print(f"wall time: {result.wall_time_s:.1f} s")
+    if args.out is not None:
+        console.print(f"outputs written to {args.out}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``sccvae`` console script.
+
+    Parameters
+    ----------
+    argv
+        Arguments without the program name (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    The exit status (0 on success; bad arguments or input exit with status 2).
+    """
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    return args.handler(args, args.subparser, argv)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+import sccvae
+from sccvae.cli import main
+from sccvae.data import simulate_perturbseq
+
+TINY = dict(n_genes=100, n_perturbations=10, n_cells_per_perturbation=30, n_control_cells=200)
+FAST = ["--max-epochs", "1", "--n-cells", "30", "--n-latent", "16", "--n-hidden", "32", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def tiny_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "tiny.h5ad"
+    simulate_perturbseq(**TINY, seed=0).write_h5ad(path)
+    return path
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("training started although the input is invalid")
+
+    monkeypatch.setattr(sccvae.SCCVAE, "train", fail)
+
+
+def test_help(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["benchmark", "--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    for option in (
+        "--data",
+        "--perturbation-key",
+        "--control-label",
+        "--split",
+        "--folds",
+        "--max-epochs",
+        "--methods",
+        "--seed",
+        "--out",
+        "--n-cells",
+        "--quiet",
+        "--dataset",
+    ):
+        assert option in text
+
+
+def test_help_as_module():
+    proc = subprocess.run(
+        [sys.executable, "-m", "sccvae.cli", "benchmark", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0
+    assert "--split" in proc.stdout
+
+
+def test_no_command_is_an_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        main([])
+    assert info.value.code == 2
+
+
+def test_writes_outputs(tiny_file, tmp_path, capsys):
+    out = tmp_path / "bench"
+    code = main(["benchmark", "--data", str(tiny_file), "--folds", "2", "--out", str(out), *FAST])
+    assert code == 0
+    for name in ("results.csv", "summary.csv", "summary.md", "splits.json", "metrics.png"):
+        assert (out / name).is_file(), name
+    assert list(out.glob("*.png"))
+    results = pd.read_csv(out / "results.csv")
+    assert set(results["method"]) == {"sccvae", "sccvae_nograph", "control", "mean", "linear"}
+    assert results["perturbation"].nunique() == 10
+    splits = json.loads((out / "splits.json").read_text())
+    assert len(splits) == 2 and {"train_idx", "test_idx"} <= set(splits[0])
+    md = (out / "summary.md").read_text()
+    assert "sccvae benchmark --data" in md
+    assert "torch" in md and "cpu_count" in md and "wall time" in md
+    assert "| pearson_delta_all" in md
+    printed = capsys.readouterr().out
+    assert "pearson_delta_all" in printed and "win" in printed
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["--methods", "sccvae,gears"], "Unknown method"),
+        (["--perturbation-key", "condition"], "not found in adata.obs"),
+        (["--control-label", "ctrl"], "No control cells"),
+        (["--folds", "40"], "n_folds"),
+        (["--split", "combo"], "No combination"),
+    ],
+)
+def test_bad_input_exit_2(tiny_file, no_training, capsys, args, match):
+    with pytest.raises(SystemExit) as info:
+        main(["benchmark", "--data", str(tiny_file), *FAST, *args])
+    assert info.value.code == 2
+    assert match in capsys.readouterr().err
+
+
+def test_missing_file_exit_2(no_training, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["benchmark", "--data", str(tmp_path / "nope.h5ad"), *FAST])
+    assert info.value.code == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_bad_split_choice_exit_2(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["benchmark", "--split", "iid"])
+    assert info.value.code == 2

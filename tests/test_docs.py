@@ -1,0 +1,35 @@
+"""The documentation builds without warnings (skipped when Sphinx is not installed)."""
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+DOCS_DEPENDENCIES = ("sphinx", "myst_nb")
+
+
+@pytest.mark.skipif(
+    any(importlib.util.find_spec(name) is None for name in DOCS_DEPENDENCIES),
+    reason="Sphinx/myst-nb not installed (pip install 'sccvae[docs]')",
+)
+def test_docs_build_without_warnings(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "sphinx", "-W", "--keep-going", "-E", "-q", "-b", "html",
+            "-d", str(tmp_path / "doctrees"), str(DOCS), str(tmp_path / "html"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, (
+        f"sphinx-build failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    )
+    html = tmp_path / "html"
+    for page in ("index", "installation", "user_guide", "api", "tutorials"):
+        assert (html / f"{page}.html").exists(), page
+    assert (html / "generated" / "sccvae.SCCVAE.html").exists()
+    assert (html / "generated" / "sccvae.pl.perturbation_modules.html").exists()
