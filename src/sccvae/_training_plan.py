@@ -57,56 +57,30 @@ class SCCVAETrainingPlan(TrainingPlan):
 
         return create
 
-    def _log_components(self, loss_output, mode: str) -> None:
+    def _epoch_log(self, name: str, value, batch_size: int | None = None, prog_bar: bool = False) -> None:
+        self.log(
+            name, value, on_step=False, on_epoch=True, prog_bar=prog_bar,
+            batch_size=batch_size, sync_dist=self.use_sync_dist,
+        )
+
+    def _loss_step(self, batch, mode: str):
+        """Loss of one paired minibatch with the current KL weight; logs every term."""
+        self.loss_kwargs["kl_weight"] = self.kl_weight
+        _, _, loss_output = self.forward(batch, loss_kwargs=self.loss_kwargs)
         batch_size = loss_output.n_obs_minibatch
+        self._epoch_log(f"{mode}_loss" if mode == "train" else "validation_loss", loss_output.loss, batch_size, prog_bar=True)
         for name in LOSS_COMPONENTS:
-            self.log(
-                f"{name}_{mode}",
-                loss_output.extra_metrics[name],
-                on_step=False,
-                on_epoch=True,
-                batch_size=batch_size,
-                sync_dist=self.use_sync_dist,
-            )
+            self._epoch_log(f"{name}_{mode}", loss_output.extra_metrics[name], batch_size)
         if mode == "validation":
-            self.log(
-                "model_selection_validation",
-                loss_output.extra_metrics["mmd"] + loss_output.extra_metrics["kl"],
-                on_step=False,
-                on_epoch=True,
-                batch_size=batch_size,
-                sync_dist=self.use_sync_dist,
-            )
+            metrics = loss_output.extra_metrics
+            self._epoch_log("model_selection_validation", metrics["mmd"] + metrics["kl"], batch_size)
+        return loss_output.loss
 
     def training_step(self, batch, batch_idx):
         """One paired minibatch: loss with the current KL weight."""
-        kl_weight = self.kl_weight
-        self.loss_kwargs["kl_weight"] = kl_weight
-        self.log("kl_weight", float(kl_weight), on_step=False, on_epoch=True, sync_dist=self.use_sync_dist)
-        _, _, loss_output = self.forward(batch, loss_kwargs=self.loss_kwargs)
-        self.log(
-            "train_loss",
-            loss_output.loss,
-            on_step=False,
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=loss_output.n_obs_minibatch,
-            sync_dist=self.use_sync_dist,
-        )
-        self._log_components(loss_output, "train")
-        return loss_output.loss
+        self._epoch_log("kl_weight", float(self.kl_weight))
+        return self._loss_step(batch, "train")
 
     def validation_step(self, batch, batch_idx):
         """Validation loss on paired minibatches of held-out cells."""
-        self.loss_kwargs["kl_weight"] = self.kl_weight
-        _, _, loss_output = self.forward(batch, loss_kwargs=self.loss_kwargs)
-        self.log(
-            "validation_loss",
-            loss_output.loss,
-            on_step=False,
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=loss_output.n_obs_minibatch,
-            sync_dist=self.use_sync_dist,
-        )
-        self._log_components(loss_output, "validation")
+        self._loss_step(batch, "validation")
