@@ -259,3 +259,19 @@ def test_target_direction_grounds_seen_and_unseen_targets(toy_adata):
     assert model.latent_directions(["NOT_A_GENE"]).abs().sum() == 0
     dose = model.simulate_knockdown("g15", penetrance=(0.0,), n_cells=10, seed=0)
     np.testing.assert_allclose(dose.X, model.predict(["control"], n_cells=10, seed=0).X, rtol=1e-5, atol=1e-5)
+
+
+def test_unseen_shift_comes_from_ridge_map_on_training_shifts(trained_model, toy_adata):
+    import torch
+
+    latents = trained_model.get_perturbation_latents(["g12", "g0"])
+    embedding = torch.as_tensor(trained_model.gene_embedding_.loc[["g12"]].to_numpy(np.float32))
+    expected = trained_model.module.predicted_shift(embedding).detach().numpy()
+    np.testing.assert_allclose(latents.obsm["shift"][:1], expected, rtol=1e-5, atol=1e-6)
+    # seen targets keep their learned shift c_t a_t
+    module = trained_model.module
+    learned = (module.magnitude[:1, None] * module.target_distribution()[:1]).detach().numpy()
+    np.testing.assert_allclose(latents.obsm["shift"][1:], learned, rtol=1e-5, atol=1e-6)
+    SCCVAE.setup_anndata(toy_adata)
+    with pytest.raises(ValueError, match="unseen_shift"):
+        SCCVAE(toy_adata, unseen_shift="nearest")

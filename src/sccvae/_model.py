@@ -94,6 +94,13 @@ class SCCVAE(BaseModelClass):
         gene's expression varies among control cells, by a learned step ``s_t`` (for unseen
         targets predicted from the embedding by a map fitted on training targets). ``d_t``
         needs the target to be a measured gene; for other targets it is zero.
+    unseen_shift
+        How the shift ``c_t a_t`` of a target absent from training is predicted from its
+        embedding: ``"ridge"`` (default), a ridge regression of the training targets'
+        learned shift vectors on their embeddings (penalty by leave-one-out; under strong
+        shrinkage it returns the average training shift); ``"encoder"``, the perturbation
+        encoder ``softmax(f(e_t))`` with a magnitude from a ridge map (the paper's mechanism,
+        which from a few dozen training targets generalises poorly).
     seed
         Seed of the graph, the initial weights and the embedding; defaults to
         ``scvi.settings.seed``.
@@ -130,11 +137,15 @@ class SCCVAE(BaseModelClass):
         init_magnitude: float = 3.0,
         target_temperature: float = 0.2,
         target_direction: bool = False,
+        unseen_shift: Literal["ridge", "encoder"] = "ridge",
         seed: int | None = None,
     ):
         super().__init__(adata, registry)
         if likelihood not in ("gaussian", "nb"):
             raise ValueError(f"likelihood must be 'gaussian' or 'nb', got {likelihood!r}.")
+        if unseen_shift not in ("ridge", "encoder"):
+            raise ValueError(f"unseen_shift must be 'ridge' or 'encoder', got {unseen_shift!r}.")
+        self.unseen_shift_ = unseen_shift
         seed = _resolve_seed(seed)
         self.seed_ = seed
         setup = self.adata_manager.registry["setup_args"]
@@ -402,12 +413,13 @@ class SCCVAE(BaseModelClass):
             self.module.target_direction.copy_(self.latent_directions(self.targets_))
 
     @torch.no_grad()
-    def fit_magnitude_map(self, ridge_penalties: Sequence[float] = (0.1, 1.0, 10.0, 100.0, 1000.0)) -> float:
+    def fit_magnitude_map(self, ridge_penalties: Sequence[float] = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)) -> float:
         """Fit the maps from target embedding to the per-target scalars used for unseen targets.
 
-        Ridge regressions of the learned magnitudes ``c_t`` (and, with ``target_direction``,
-        steps ``s_t``) on the training targets' embeddings, the penalty chosen by
-        leave-one-out error. Only training targets are used, never cells of the perturbation
+        Ridge regressions of the learned shift vectors ``c_t a_t``, magnitudes ``c_t`` and
+        (with ``target_direction``) steps ``s_t`` on the training targets' embeddings, each
+        penalty chosen by leave-one-out error among multiples of the embedding's mean
+        squared norm. Only training targets are used, never cells of the perturbation
         being predicted. Called at the end of :meth:`train`.
 
         Returns
@@ -419,6 +431,10 @@ class SCCVAE(BaseModelClass):
         penalty, coef, intercept = _ridge_loo(embedding, module.magnitude.detach().double().cpu(), ridge_penalties)
         module.magnitude_coef.copy_(coef.float())
         module.magnitude_intercept.copy_(intercept.float())
+        shifts = (module.magnitude[:, None] * module.target_distribution()).detach().double().cpu()
+        _, coef, intercept = _ridge_loo(embedding, shifts, ridge_penalties)
+        module.shift_map_coef.copy_(coef.float())
+        module.shift_map_intercept.copy_(intercept.float())
         if module.use_target_direction:
             _, coef, intercept = _ridge_loo(embedding, module.direction_step.detach().double().cpu(), ridge_penalties)
             module.direction_step_coef.copy_(coef.float())
@@ -517,6 +533,9 @@ class SCCVAE(BaseModelClass):
             ),
             "direction": torch.zeros(len(involved), module.n_latent, device=device),
         }
+        if self.unseen_shift_ == "ridge":
+            targets["use_fixed_shift"] = ~is_seen
+            targets["fixed_shift"] = module.predicted_shift(embedding)
         if module.use_target_direction:
             unseen = [t for t in involved if t not in seen]
             directions = module.target_direction[seen_rows].clone()
@@ -690,7 +709,10 @@ class SCCVAE(BaseModelClass):
         source = source if counterfactual else None
         blocks, obs = [], []
         for level in penetrance:
-            scaled = dict(targets, magnitude=targets["magnitude"] * level, direction_step=targets["direction_step"] * level)
+            scaled = {
+                **targets,
+                **{key: targets[key] * level for key in ("magnitude", "direction_step", "fixed_shift") if key in targets},
+            }
             cells = self._decode_intervention(z, library, weights[0], scaled, source)
             blocks.append(cells.cpu().numpy())
             obs.append(pd.DataFrame({self.perturbation_key_: perturbation, "penetrance": level, "control_cell": names}))
@@ -843,19 +865,26 @@ class _TargetDirectionUpdater(pl.Callback):
 
 
 def _ridge_loo(x: torch.Tensor, y: torch.Tensor, penalties: Sequence[float]):
-    """Ridge regression of ``y`` on ``x`` with the penalty of least leave-one-out error."""
-    mean_x, mean_y = x.mean(0), y.mean()
+    """Ridge regression of ``y`` (vector or matrix) on ``x`` with the least leave-one-out error.
+
+    Penalties are multiples of the mean squared norm of the centred ``x``, so the grid does
+    not depend on the embedding's scale.
+    """
+    mean_x, mean_y = x.mean(0), y.mean(0)
     xc, yc = x - mean_x, y - mean_y
     n = xc.shape[0]
     gram = xc @ xc.T
+    scale = float(torch.diagonal(gram).mean().clamp_min(1e-12))
     identity = torch.eye(n, dtype=x.dtype)
-    best = (np.inf, penalties[0], torch.zeros(x.shape[1], dtype=x.dtype))
+    best = (np.inf, penalties[0], torch.zeros((x.shape[1], *y.shape[1:]), dtype=x.dtype))
     for penalty in penalties:
-        hat = gram @ torch.linalg.solve(gram + penalty * identity, identity)
-        residual = (yc - hat @ yc) / (1.0 - torch.diagonal(hat)).clamp_min(1e-6)
+        inverse = torch.linalg.solve(gram + penalty * scale * identity, identity)
+        hat = gram @ inverse
+        leverage = (1.0 - torch.diagonal(hat)).clamp_min(1e-6)
+        residual = (yc - hat @ yc) / (leverage if yc.ndim == 1 else leverage[:, None])
         loo = float((residual**2).mean()) if n > 1 else 0.0
         if loo < best[0]:
-            best = (loo, penalty, xc.T @ torch.linalg.solve(gram + penalty * identity, yc))
+            best = (loo, penalty, xc.T @ (inverse @ yc))
     _, penalty, coef = best
     return penalty, coef, mean_y - mean_x @ coef
 

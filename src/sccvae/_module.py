@@ -115,6 +115,10 @@ class SCCVAEModule(BaseModuleClass):
         self.register_buffer("target_direction", torch.zeros(n_targets, n_latent))
         self.register_buffer("direction_step_coef", torch.zeros(embedding_dim))
         self.register_buffer("direction_step_intercept", torch.zeros(()))
+        # Ridge map from embedding to the whole shift c_t a_t of a target, fitted on the
+        # training targets after training (SCCVAE.fit_magnitude_map).
+        self.register_buffer("shift_map_coef", torch.zeros(embedding_dim, n_latent))
+        self.register_buffer("shift_map_intercept", torch.zeros(n_latent))
 
         mlp_kwargs = {
             "use_batch_norm": False,
@@ -159,6 +163,10 @@ class SCCVAEModule(BaseModuleClass):
         """Step along the expression direction for targets not seen in training."""
         return target_embedding @ self.direction_step_coef + self.direction_step_intercept
 
+    def predicted_shift(self, target_embedding: torch.Tensor) -> torch.Tensor:
+        """Shift ``c_t a_t`` of targets not seen in training, by the ridge map on the embedding."""
+        return target_embedding @ self.shift_map_coef + self.shift_map_intercept
+
     def training_targets(self) -> dict[str, torch.Tensor]:
         """The description of the training targets that :meth:`shift` uses by default."""
         return {
@@ -174,10 +182,14 @@ class SCCVAEModule(BaseModuleClass):
         ``targets`` describes the columns of ``target_weights`` (keys ``embedding``,
         ``magnitude`` and, with ``use_target_direction``, ``direction`` and
         ``direction_step``); the training targets if ``None``. Pass another description to
-        intervene on any targets (e.g. unseen genes) or to scale a knock-down.
+        intervene on any targets (e.g. unseen genes) or to scale a knock-down. Rows flagged
+        by an optional boolean ``use_fixed_shift`` take ``fixed_shift`` instead of
+        ``c_t a_t`` (unseen targets with ``unseen_shift="ridge"``).
         """
         targets = self.training_targets() if targets is None else targets
         per_target = targets["magnitude"][:, None] * self.target_distribution(targets["embedding"])
+        if "use_fixed_shift" in targets:
+            per_target = torch.where(targets["use_fixed_shift"][:, None], targets["fixed_shift"], per_target)
         if self.use_target_direction:
             per_target = per_target + targets["direction_step"][:, None] * targets["direction"]
         return target_weights @ per_target
