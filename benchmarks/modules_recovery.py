@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--n-latent", type=int, default=32)
     parser.add_argument("--n-hidden", type=int, default=128)
+    parser.add_argument("--target-shift", default="softmax", choices=["softmax", "vector"])
     parser.add_argument("--n-neighbors", type=int, default=5)
     parser.add_argument("--metrics", nargs="+", default=["euclidean", "cosine"])
     parser.add_argument("--method", default="leiden", choices=["leiden", "louvain"])
@@ -73,7 +74,9 @@ def main(argv: list[str] | None = None) -> None:
             np.asarray(sim["target_modules"]), index=np.asarray(sim["targets"]).astype(str)
         )
         sccvae.SCCVAE.setup_anndata(adata)
-        model = sccvae.SCCVAE(adata, n_latent=args.n_latent, n_hidden=args.n_hidden, seed=seed)
+        model = sccvae.SCCVAE(
+            adata, n_latent=args.n_latent, n_hidden=args.n_hidden, target_shift=args.target_shift, seed=seed
+        )
         t0 = time.perf_counter()
         model.train(max_epochs=args.epochs, enable_progress_bar=False, train_size=1.0)
         train_s = time.perf_counter() - t0

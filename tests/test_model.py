@@ -275,3 +275,53 @@ def test_unseen_shift_comes_from_ridge_map_on_training_shifts(trained_model, toy
     SCCVAE.setup_anndata(toy_adata)
     with pytest.raises(ValueError, match="unseen_shift"):
         SCCVAE(toy_adata, unseen_shift="nearest")
+
+
+def test_target_shift_vector_tells_perturbations_apart(toy_adata, tmp_path):
+    import torch
+
+    SCCVAE.setup_anndata(toy_adata)
+    model = SCCVAE(toy_adata, n_latent=16, n_hidden=64, target_shift="vector", seed=0)
+    module = model.module
+    initial = module.shift_vector.detach().clone()
+    model.train(max_epochs=30, enable_progress_bar=False)
+    assert not torch.allclose(initial, module.shift_vector.detach())  # learned
+
+    # trained perturbations: closer to their observed mean than the control mean is
+    control_mean = _observed_mean(toy_adata, "control")
+    labels = [f"g{i}" for i in range(8)]
+    pred = model.predict(labels, n_cells=200, return_mean=True, seed=0)
+    better = sum(
+        np.mean((pred[label].X.ravel() - _observed_mean(toy_adata, label)) ** 2)
+        < np.mean((control_mean - _observed_mean(toy_adata, label)) ** 2)
+        for label in labels
+    )
+    assert better >= len(labels) - 1
+
+    # seen shifts are c_t times the unit vectors; combinations add; shares sum to one
+    latents = model.get_perturbation_latents(["g0", "g1", "g0+g1", "g15"])
+    unit = torch.nn.functional.normalize(module.shift_vector.detach(), dim=1)
+    expected = (module.magnitude.detach()[:2, None] * unit[:2]).numpy()
+    np.testing.assert_allclose(latents.obsm["shift"][:2], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(latents.obsm["shift"][2], expected.sum(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(latents.obsm["target_distribution"].sum(1), 1.0, rtol=1e-5)
+    # an unseen target takes the ridge map fitted on the learned shifts
+    embedding = torch.as_tensor(model.gene_embedding_.loc[["g15"]].to_numpy(np.float32))
+    np.testing.assert_allclose(
+        latents.obsm["shift"][3:], module.predicted_shift(embedding).numpy(), rtol=1e-5, atol=1e-6
+    )
+    assert not latents.obs["seen"].iloc[3]
+
+    model.save(tmp_path / "vector_model", overwrite=True)
+    loaded = SCCVAE.load(tmp_path / "vector_model", adata=toy_adata)
+    np.testing.assert_allclose(
+        loaded.predict(["g0", "g15"], n_cells=20, seed=1).X,
+        model.predict(["g0", "g15"], n_cells=20, seed=1).X,
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+    with pytest.raises(ValueError, match="target_shift"):
+        SCCVAE(toy_adata, target_shift="vector", unseen_shift="encoder")
+    with pytest.raises(ValueError, match="target_shift"):
+        SCCVAE(toy_adata, target_shift="nodes")

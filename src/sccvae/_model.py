@@ -88,6 +88,16 @@ class SCCVAE(BaseModelClass):
     target_temperature
         Temperature of the softmax choosing latent nodes (the reference uses 1); lower
         values sharpen the initial choice and speed up learning.
+    target_shift
+        Parameterisation of a training target's shift ``c_t a_t``: ``"softmax"`` (default,
+        the paper's mechanism: ``a_t = softmax(f(e_t) / T)``, a soft choice of latent nodes
+        by the perturbation encoder) or ``"vector"`` (``a_t`` a free unit vector per training
+        target). With ``"softmax"`` and short training schedules the targets' softmaxes can
+        all settle on the same nodes, so that every perturbation predicts the same change;
+        ``"vector"`` separates perturbations from the first step (see the benchmark page). It
+        needs ``unseen_shift="ridge"`` for targets absent from training; in
+        :meth:`get_perturbation_latents` its ``target_distribution`` is the share of the
+        squared shift on each node.
     target_direction
         Ground each intervention in the model itself: besides ``c_t softmax(f(e_t))``, move
         along ``d_t``, the direction in the exogenous latent space along which the target
@@ -136,6 +146,7 @@ class SCCVAE(BaseModelClass):
         control_reconstruction_weight: float = 0.25,
         init_magnitude: float = 3.0,
         target_temperature: float = 0.2,
+        target_shift: Literal["softmax", "vector"] = "softmax",
         target_direction: bool = False,
         unseen_shift: Literal["ridge", "encoder"] = "ridge",
         seed: int | None = None,
@@ -145,6 +156,13 @@ class SCCVAE(BaseModelClass):
             raise ValueError(f"likelihood must be 'gaussian' or 'nb', got {likelihood!r}.")
         if unseen_shift not in ("ridge", "encoder"):
             raise ValueError(f"unseen_shift must be 'ridge' or 'encoder', got {unseen_shift!r}.")
+        if target_shift not in ("softmax", "vector"):
+            raise ValueError(f"target_shift must be 'softmax' or 'vector', got {target_shift!r}.")
+        if target_shift == "vector" and unseen_shift == "encoder":
+            raise ValueError(
+                "target_shift='vector' has no perturbation encoder to embed unseen targets: "
+                "use unseen_shift='ridge' (or target_shift='softmax')."
+            )
         self.unseen_shift_ = unseen_shift
         seed = _resolve_seed(seed)
         self.seed_ = seed
@@ -197,13 +215,14 @@ class SCCVAE(BaseModelClass):
                 control_reconstruction_weight=control_reconstruction_weight,
                 init_magnitude=init_magnitude,
                 target_temperature=target_temperature,
+                target_shift=target_shift,
                 use_target_direction=target_direction,
                 seed=seed,
             )
         graph_name = graph if isinstance(graph, str) else f"user DAG ({int(mask.sum())} edges)"
         self._model_summary_string = (
             f"SCCVAE: n_latent={n_latent}, n_hidden={n_hidden}, n_layers={n_layers}, "
-            f"graph={graph_name}, likelihood={likelihood}, "
+            f"graph={graph_name}, likelihood={likelihood}, target_shift={target_shift}, "
             f"embedding={perturbation_embedding if isinstance(perturbation_embedding, str) else 'user'}, "
             f"{len(self.targets_)} training targets, {len(labels) - 1} perturbations."
         )
@@ -431,7 +450,7 @@ class SCCVAE(BaseModelClass):
         penalty, coef, intercept = _ridge_loo(embedding, module.magnitude.detach().double().cpu(), ridge_penalties)
         module.magnitude_coef.copy_(coef.float())
         module.magnitude_intercept.copy_(intercept.float())
-        shifts = (module.magnitude[:, None] * module.target_distribution()).detach().double().cpu()
+        shifts = (module.magnitude[:, None] * module.target_profile()).detach().double().cpu()
         _, coef, intercept = _ridge_loo(embedding, shifts, ridge_penalties)
         module.shift_map_coef.copy_(coef.float())
         module.shift_map_intercept.copy_(intercept.float())
@@ -523,8 +542,14 @@ class SCCVAE(BaseModelClass):
             self.gene_embedding_.reindex(involved).fillna(0.0).to_numpy(np.float32), device=device
         )
         embedding = torch.where(is_seen[:, None], module.target_embedding[seen_rows], new_embedding)
+        if module.target_shift == "vector":
+            # unseen targets take the ridge shift below; their profile here is a placeholder
+            profile = torch.where(is_seen[:, None], module.target_profile().detach()[seen_rows], 0.0)
+        else:
+            profile = module.target_distribution(embedding)
         targets = {
             "embedding": embedding,
+            "profile": profile,
             "magnitude": torch.where(
                 is_seen, module.magnitude.detach()[seen_rows], module.predicted_magnitude(embedding)
             ),
@@ -789,8 +814,9 @@ class SCCVAE(BaseModelClass):
         -------
         AnnData with ``X`` = mean causal latent ``u`` of the perturbed cells (nodes as
         ``var_names``), ``obsm["shift"]`` = ``sum_t c_t a_t``, ``obsm["target_distribution"]``
-        = the average of the targets' softmax over nodes, ``obs["magnitude"]`` (sum of the
-        targets' ``c_t``), ``obs["n_targets"]``, ``obs["seen"]``; ``uns["control_causal_mean"]``
+        = the average over the targets of their softmax over nodes (for
+        ``target_shift="vector"`` and ridge-predicted unseen targets: each node's share of the
+        squared shift), ``obs["magnitude"]`` (sum of the targets' ``c_t``), ``obs["n_targets"]``, ``obs["seen"]``; ``uns["control_causal_mean"]``
         is the mean ``u`` of unperturbed cells, the reference point of the shifts.
         """
         perturbations = self._training_perturbations() if perturbations is None else [str(p) for p in perturbations]
@@ -798,8 +824,19 @@ class SCCVAE(BaseModelClass):
         self.module.eval()
         weights, targets, all_seen = self._intervention(perturbations)
         z, _, _, _ = self._encode_controls(adata, n_cells, seed, sample=False)
-        distribution = self.module.target_distribution(targets["embedding"])
         shifts = self.module.shift(weights, targets)
+        per_target = targets["magnitude"][:, None] * targets["profile"]
+        # free vectors and ridge-predicted shifts have no softmax: report each node's share of
+        # the squared shift instead
+        from_shift = torch.full(
+            (per_target.shape[0],), self.module.target_shift == "vector", dtype=torch.bool, device=per_target.device
+        )
+        if "use_fixed_shift" in targets:
+            per_target = torch.where(targets["use_fixed_shift"][:, None], targets["fixed_shift"], per_target)
+            from_shift = from_shift | targets["use_fixed_shift"]
+        squared = per_target**2
+        shares = squared / squared.sum(dim=1, keepdim=True).clamp_min(1e-12)
+        distribution = torch.where(from_shift[:, None], shares, targets["profile"])
         magnitude = targets["magnitude"]
         n_targets = weights.sum(dim=1, keepdim=True).clamp_min(1.0)
         target_distribution = (weights @ distribution) / n_targets

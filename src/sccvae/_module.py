@@ -61,6 +61,11 @@ class SCCVAEModule(BaseModuleClass):
     target_temperature
         Temperature of the softmax over latent nodes. Below 1 it sharpens the initial
         choice of nodes and speeds up learning which nodes a target moves; 1 is the reference.
+    target_shift
+        How a training target's shift profile ``a_t`` is parameterised: ``"softmax"``, the
+        perturbation encoder's softmax over latent nodes ``softmax(f(e_t) / T)`` (the paper's
+        mechanism), or ``"vector"``, a free unit vector per training target (any direction,
+        both signs). The perturbation encoder is not used with ``"vector"``.
     use_target_direction
         Add to each target's shift a learned step ``s_t`` along ``d_t``, the latent direction
         in which the target gene's expression varies among control cells (a buffer the model
@@ -85,6 +90,7 @@ class SCCVAEModule(BaseModuleClass):
         control_reconstruction_weight: float = 0.25,
         init_magnitude: float = 3.0,
         target_temperature: float = 0.2,
+        target_shift: Literal["softmax", "vector"] = "softmax",
         use_target_direction: bool = False,
         seed: int = 0,
     ):
@@ -100,6 +106,9 @@ class SCCVAEModule(BaseModuleClass):
         if target_temperature <= 0:
             raise ValueError(f"target_temperature must be positive, got {target_temperature}.")
         self.target_temperature = target_temperature
+        if target_shift not in ("softmax", "vector"):
+            raise ValueError(f"target_shift must be 'softmax' or 'vector', got {target_shift!r}.")
+        self.target_shift = target_shift
 
         label_targets = torch.as_tensor(np.asarray(label_targets), dtype=torch.float32)
         target_embedding = torch.as_tensor(np.asarray(target_embedding), dtype=torch.float32)
@@ -140,6 +149,15 @@ class SCCVAEModule(BaseModuleClass):
             nn.Linear(n_hidden_perturbation, n_latent),
         )
         self.magnitude = nn.Parameter(torch.full((n_targets,), float(init_magnitude)))
+        # "vector": every training target owns its shift direction, so perturbations are told
+        # apart from the first step (the softmax can collapse onto the same nodes). Drawn from
+        # its own generator: the other initial weights stay those of the "softmax" model.
+        if target_shift == "vector":
+            generator = torch.Generator().manual_seed(seed)
+            initial_vectors = torch.randn(n_targets, n_latent, generator=generator) / np.sqrt(n_latent)
+        else:
+            initial_vectors = torch.zeros(n_targets, n_latent)
+        self.shift_vector = nn.Parameter(initial_vectors, requires_grad=target_shift == "vector")
         self.direction_step = nn.Parameter(torch.zeros(n_targets), requires_grad=use_target_direction)
         self.scm = LatentSCM(graph_mask, seed=seed)
         self.decoder_body = FCLayers(
@@ -154,6 +172,15 @@ class SCCVAEModule(BaseModuleClass):
         """Soft choice of latent nodes for each target: ``softmax(f(e_t))``, ``targets x d``."""
         embedding = self.target_embedding if target_embedding is None else target_embedding
         return torch.softmax(self.perturbation_encoder(embedding) / self.target_temperature, dim=-1)
+
+    def target_profile(self) -> torch.Tensor:
+        """Shift profile ``a_t`` of the training targets, ``targets x d``.
+
+        The softmax over nodes, or with ``target_shift="vector"`` each target's unit vector.
+        """
+        if self.target_shift == "vector":
+            return F.normalize(self.shift_vector, dim=1)
+        return self.target_distribution()
 
     def predicted_magnitude(self, target_embedding: torch.Tensor) -> torch.Tensor:
         """Shift magnitude of targets not seen in training, from their embedding."""
@@ -171,6 +198,7 @@ class SCCVAEModule(BaseModuleClass):
         """The description of the training targets that :meth:`shift` uses by default."""
         return {
             "embedding": self.target_embedding,
+            "profile": self.target_profile(),
             "magnitude": self.magnitude,
             "direction": self.target_direction,
             "direction_step": self.direction_step,
@@ -180,14 +208,17 @@ class SCCVAEModule(BaseModuleClass):
         """Latent shift ``sum_t w_t (c_t a_t + s_t d_t)`` per row of ``target_weights`` (cells x targets).
 
         ``targets`` describes the columns of ``target_weights`` (keys ``embedding``,
-        ``magnitude`` and, with ``use_target_direction``, ``direction`` and
+        ``magnitude``, optionally ``profile`` (``a_t``; else the softmax of the embedding) and, with ``use_target_direction``, ``direction`` and
         ``direction_step``); the training targets if ``None``. Pass another description to
         intervene on any targets (e.g. unseen genes) or to scale a knock-down. Rows flagged
         by an optional boolean ``use_fixed_shift`` take ``fixed_shift`` instead of
         ``c_t a_t`` (unseen targets with ``unseen_shift="ridge"``).
         """
         targets = self.training_targets() if targets is None else targets
-        per_target = targets["magnitude"][:, None] * self.target_distribution(targets["embedding"])
+        profile = targets.get("profile")
+        if profile is None:
+            profile = self.target_distribution(targets["embedding"])
+        per_target = targets["magnitude"][:, None] * profile
         if "use_fixed_shift" in targets:
             per_target = torch.where(targets["use_fixed_shift"][:, None], targets["fixed_shift"], per_target)
         if self.use_target_direction:

@@ -80,6 +80,7 @@ METHODS: dict[str, str] = {
     "sccvae": "SCCVAE, full latent graph (the paper's best)",
     "sccvae_nograph": "SCCVAE ablation, graph='none' (shifts are not propagated)",
     "sccvae_direction": "SCCVAE with target_direction=True (shift also along the target gene's latent direction)",
+    "sccvae_vector": "SCCVAE with target_shift='vector' (a free latent shift vector per training target)",
     "control": "Training control cells as prediction (no change)",
     "mean": "Mean change over all training perturbations",
     "additive": "Sum of the components' observed single-perturbation changes",
@@ -90,6 +91,7 @@ _SCCVAE_METHODS: dict[str, dict[str, Any]] = {
     "sccvae": {"graph": "full"},
     "sccvae_nograph": {"graph": "none"},
     "sccvae_direction": {"graph": "full", "target_direction": True},
+    "sccvae_vector": {"graph": "full", "target_shift": "vector"},
 }
 
 #: Metrics reported by default (table, summary.md), in this order.
