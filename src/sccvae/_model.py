@@ -387,7 +387,13 @@ class SCCVAE(BaseModelClass):
             early_stopping=early_stopping,
             **trainer_kwargs,
         )
-        result = runner()
+        # The posterior samples drawn while training come from torch's global generator:
+        # seed it from the model's seed (restored afterwards), so that a run is reproducible
+        # across processes without the caller setting scvi.settings.seed.
+        cuda_devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=cuda_devices):
+            torch.manual_seed(self.seed_)
+            result = runner()
         self.update_target_directions()
         self.fit_magnitude_map()
         return result
