@@ -75,7 +75,11 @@ def main(argv: list[str] | None = None) -> None:
         )
         sccvae.SCCVAE.setup_anndata(adata)
         model = sccvae.SCCVAE(
-            adata, n_latent=args.n_latent, n_hidden=args.n_hidden, target_shift=args.target_shift, seed=seed
+            adata,
+            n_latent=args.n_latent,
+            n_hidden=args.n_hidden,
+            target_shift=args.target_shift,
+            seed=seed,
         )
         t0 = time.perf_counter()
         model.train(max_epochs=args.epochs, enable_progress_bar=False, train_size=1.0)

@@ -78,9 +78,11 @@ def main(argv: list[str] | None = None) -> None:
     observed = {p: x[train][labels[train] == p].mean(0) - control_mean for p in seen}
     mean_change = np.mean(list(observed.values()), axis=0)
 
+    ceiling = np.mean([_pearson(observed[p], truth[p]) for p in seen])
+    mean_baseline = np.mean([_pearson(mean_change, truth[p]) for p in unseen])
     rows = [
-        ("observed training means (ceiling)", np.mean([_pearson(observed[p], truth[p]) for p in seen]), "", ""),
-        ("mean of training perturbations", "", np.mean([_pearson(mean_change, truth[p]) for p in unseen]), ""),
+        ("observed training means (ceiling)", ceiling, "", ""),
+        ("mean of training perturbations", "", mean_baseline, ""),
     ]
     training_cells = np.concatenate([train, validation])
     for shift in args.shifts:
@@ -120,8 +122,14 @@ def main(argv: list[str] | None = None) -> None:
 
     print(f"command: python {shlex.join(sys.argv)}")
     print(f"machine: {platform.platform()}, torch {torch.__version__}, {args.threads} thread(s)")
-    print(f"{args.epochs} epochs, lr {args.lr}, {len(seen)} training / {len(unseen)} held-out perturbations\n")
-    print("| predictor | r(change, truth), training perturbations | r(change, truth), held-out | pairwise r of training predictions |")
+    print(
+        f"{args.epochs} epochs, lr {args.lr}, "
+        f"{len(seen)} training / {len(unseen)} held-out perturbations\n"
+    )
+    print(
+        "| predictor | r(change, truth), training perturbations | r(change, truth), held-out "
+        "| pairwise r of training predictions |"
+    )
     print("|---|---|---|---|")
     for name, *values in rows:
         print(f"| {name} | " + " | ".join(fmt(v) for v in values) + " |")
