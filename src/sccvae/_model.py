@@ -456,7 +456,7 @@ class SCCVAE(BaseModelClass):
         penalty, coef, intercept = _ridge_loo(embedding, module.magnitude.detach().double().cpu(), ridge_penalties)
         module.magnitude_coef.copy_(coef.float())
         module.magnitude_intercept.copy_(intercept.float())
-        shifts = (module.magnitude[:, None] * module.target_profile()).detach().double().cpu()
+        shifts = module.target_shifts(module.training_targets()).detach().double().cpu()
         _, coef, intercept = _ridge_loo(embedding, shifts, ridge_penalties)
         module.shift_map_coef.copy_(coef.float())
         module.shift_map_intercept.copy_(intercept.float())
@@ -831,14 +831,13 @@ class SCCVAE(BaseModelClass):
         weights, targets, all_seen = self._intervention(perturbations)
         z, _, _, _ = self._encode_controls(adata, n_cells, seed, sample=False)
         shifts = self.module.shift(weights, targets)
-        per_target = targets["magnitude"][:, None] * targets["profile"]
+        per_target = self.module.target_shifts(targets)
         # free vectors and ridge-predicted shifts have no softmax: report each node's share of
         # the squared shift instead
         from_shift = torch.full(
             (per_target.shape[0],), self.module.target_shift == "vector", dtype=torch.bool, device=per_target.device
         )
         if "use_fixed_shift" in targets:
-            per_target = torch.where(targets["use_fixed_shift"][:, None], targets["fixed_shift"], per_target)
             from_shift = from_shift | targets["use_fixed_shift"]
         squared = per_target**2
         shares = squared / squared.sum(dim=1, keepdim=True).clamp_min(1e-12)

@@ -204,6 +204,20 @@ class SCCVAEModule(BaseModuleClass):
             "direction_step": self.direction_step,
         }
 
+    def target_shifts(self, targets: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Each target's own shift ``c_t a_t`` (``targets x d``), without the direction step.
+
+        ``targets`` as in :meth:`shift`: rows flagged by ``use_fixed_shift`` take
+        ``fixed_shift``; ``a_t`` is ``profile`` or, if absent, the softmax of the embedding.
+        """
+        profile = targets.get("profile")
+        if profile is None:
+            profile = self.target_distribution(targets["embedding"])
+        per_target = targets["magnitude"][:, None] * profile
+        if "use_fixed_shift" in targets:
+            per_target = torch.where(targets["use_fixed_shift"][:, None], targets["fixed_shift"], per_target)
+        return per_target
+
     def shift(self, target_weights: torch.Tensor, targets: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Latent shift ``sum_t w_t (c_t a_t + s_t d_t)`` per row of ``target_weights`` (cells x targets).
 
@@ -215,12 +229,7 @@ class SCCVAEModule(BaseModuleClass):
         ``c_t a_t`` (unseen targets with ``unseen_shift="ridge"``).
         """
         targets = self.training_targets() if targets is None else targets
-        profile = targets.get("profile")
-        if profile is None:
-            profile = self.target_distribution(targets["embedding"])
-        per_target = targets["magnitude"][:, None] * profile
-        if "use_fixed_shift" in targets:
-            per_target = torch.where(targets["use_fixed_shift"][:, None], targets["fixed_shift"], per_target)
+        per_target = self.target_shifts(targets)
         if self.use_target_direction:
             per_target = per_target + targets["direction_step"][:, None] * targets["direction"]
         return target_weights @ per_target

@@ -68,6 +68,8 @@ class _Baseline:
         self.seed = seed
         self.max_control_cells = max_control_cells
         self.is_fitted_ = False
+        # hyperparameters for get_params / repr; subclasses put their own first
+        self._params: dict[str, Any] = {"seed": seed, "max_control_cells": max_control_cells}
 
     # -- fitting ------------------------------------------------------------------------------
 
@@ -316,10 +318,6 @@ class ControlBaseline(_Baseline):
         Training control cells kept for sampling (seeded subsample beyond this).
     """
 
-    def __init__(self, seed: int = 0, max_control_cells: int | None = 50_000) -> None:
-        super().__init__(seed=seed, max_control_cells=max_control_cells)
-        self._params = {"seed": seed, "max_control_cells": max_control_cells}
-
     def _deltas(self, labels: list[str]) -> np.ndarray:
         return np.zeros((len(labels), self.var_names_.size))
 
@@ -337,10 +335,6 @@ class MeanBaseline(_Baseline):
     max_control_cells
         Training control cells kept for sampling (seeded subsample beyond this).
     """
-
-    def __init__(self, seed: int = 0, max_control_cells: int | None = 50_000) -> None:
-        super().__init__(seed=seed, max_control_cells=max_control_cells)
-        self._params = {"seed": seed, "max_control_cells": max_control_cells}
 
     def _deltas(self, labels: list[str]) -> np.ndarray:
         mean = self.mean_delta_
@@ -372,7 +366,7 @@ class AdditiveBaseline(_Baseline):
             raise ValueError(f"`unseen` must be 'mean', 'zero' or 'error', got {unseen!r}.")
         super().__init__(seed=seed, max_control_cells=max_control_cells)
         self.unseen = unseen
-        self._params = {"unseen": unseen, "seed": seed, "max_control_cells": max_control_cells}
+        self._params = {"unseen": unseen, **self._params}
 
     def _deltas(self, labels: list[str]) -> np.ndarray:
         known = set(self.training_perturbations_)
@@ -486,8 +480,7 @@ class LinearBaseline(_Baseline):
             "gene_embedding": gene_embedding,
             "perturbation_embedding": perturbation_embedding,
             "n_embedding_components": self.n_embedding_components,
-            "seed": seed,
-            "max_control_cells": max_control_cells,
+            **self._params,
         }
 
     def _fit_extra(self, x, codes: np.ndarray, control_rows: np.ndarray) -> None:
