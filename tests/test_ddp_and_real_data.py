@@ -32,14 +32,18 @@ def test_cpu_ddp_two_processes(tmp_path):
             model.train(max_epochs=2, accelerator="cpu", devices=2,
                         strategy="ddp_find_unused_parameters_true", enable_progress_bar=False,
                         logger=False, enable_model_summary=False)
-            print("RANK", model.trainer.global_rank, "STEPS", model.trainer.global_step, flush=True)
+            # one file per rank: both processes printing to the shared stdout pipe could
+            # interleave their lines character by character
+            rank = model.trainer.global_rank
+            with open(f"rank{{rank}}.txt", "w") as handle:
+                handle.write(f"RANK {{rank}} STEPS {{model.trainer.global_step}}\\n")
             """
         )
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE"))}
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    lines = [line.split() for line in result.stdout.splitlines() if line.startswith("RANK")]
+    lines = [path.read_text().split() for path in sorted(tmp_path.glob("rank*.txt"))]
     ranks = sorted(int(line[1]) for line in lines)
     assert ranks == [0, 1]
     # 9 perturbations x 60 cells, 90 % train -> 54 cells each -> 2 batches each = 18 batches/epoch
