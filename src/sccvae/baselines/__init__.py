@@ -1,0 +1,26 @@
+"""Simple baselines for perturbation-response prediction, with the model's interface.
+
+Every baseline predicts a *mean change* ``delta`` (genes) of a perturbation relative to the
+training control mean, and produces cells by shifting ``n_cells`` randomly drawn (seeded)
+training control cells by ``delta``, so that distribution metrics (energy distance, MMD)
+apply to them as they do to the model. Predicted values are not clipped at zero (clipping
+would change the mean that ``delta`` describes).
+
+- :class:`ControlBaseline`: ``delta = 0`` (predict unperturbed cells).
+- :class:`MeanBaseline`: the mean change over all training perturbations.
+- :class:`AdditiveBaseline`: for combinations, the sum of the components' single changes.
+- :class:`LinearBaseline`: the linear model of Ahlmann-Eltze, Huber & Anders (Nature
+  Methods 2025), ``Y ~ G W P^T + b``, on gene embeddings ``G`` and perturbation embeddings
+  ``P`` built from target genes, so it predicts unseen perturbations.
+
+All share ``fit(adata, perturbation_key, control_label, combination_delimiter, layer,
+train_indices)`` and ``predict(perturbations, n_cells, adata, return_mean, seed)``,
+returning an AnnData with the training ``var_names``, ``obs[perturbation_key]`` holding the
+requested labels (``n_cells`` rows per label, or one with ``return_mean=True``) and the
+predictions in ``X`` (float32). Inputs are never modified.
+"""
+
+from ._linear import LinearBaseline
+from ._simple import AdditiveBaseline, ControlBaseline, MeanBaseline
+
+__all__ = ["ControlBaseline", "MeanBaseline", "AdditiveBaseline", "LinearBaseline"]
