@@ -17,6 +17,7 @@ from sccvae._perturbations import (
     parse_perturbation,
     perturbation_labels,
 )
+from sccvae.metrics import pearson
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +102,7 @@ class _Baseline:
                 "adata.X is empty; put log-normalised expression in X or pass `layer`."
             )
         labels = perturbation_labels(adata.obs, perturbation_key)
+        cell_names = adata.obs_names.astype(str).to_numpy()
         if train_indices is not None:
             rows = np.asarray(train_indices)
             if rows.dtype == bool:
@@ -112,6 +114,7 @@ class _Baseline:
                 raise ValueError(f"`train_indices` out of range for {adata.n_obs} cells.")
             x = x[rows]
             labels = labels[rows]
+            cell_names = cell_names[rows]
         x = sp.csr_matrix(x) if sp.issparse(x) else np.asarray(x)
         check_control_label(labels, control_label, perturbation_key)
 
@@ -148,6 +151,7 @@ class _Baseline:
             rng = np.random.default_rng(self.seed)
             control_rows = np.sort(rng.choice(control_rows, self.max_control_cells, replace=False))
         controls = x[control_rows]
+        self.control_cell_names_ = cell_names[control_rows]
         self.control_cells_ = (
             controls.copy() if not sp.issparse(controls) else controls.tocsr(copy=True)
         )
@@ -227,7 +231,9 @@ class _Baseline:
         Returns
         -------
         AnnData with ``var_names`` of the training data, ``obs[perturbation_key]`` the
-        requested labels (blocks of ``n_cells`` rows), ``X`` float32 predictions.
+        requested labels (blocks of ``n_cells`` rows), ``obs["control_cell"]`` the control
+        cell each predicted cell was made from (not with ``return_mean``), ``X`` float32
+        predictions.
         """
         self._check_fitted()
         labels = _as_labels(perturbations)
@@ -240,19 +246,25 @@ class _Baseline:
             n_cells = int(n_cells)
             if n_cells < 1:
                 raise ValueError(f"`n_cells` must be positive, got {n_cells}.")
-            pool = self.control_cells_ if adata is None else self._external_controls(adata)
+            if adata is None:
+                pool, pool_names = self.control_cells_, self.control_cell_names_
+            else:
+                pool, pool_names = self._external_controls(adata)
             rng = np.random.default_rng(self.seed if seed is None else seed)
-            blocks = []
+            blocks, sources = [], []
             for i in range(len(labels)):
                 rows = rng.choice(pool.shape[0], size=n_cells, replace=n_cells > pool.shape[0])
                 cells = pool[rows]
                 cells = cells.toarray() if sp.issparse(cells) else np.asarray(cells)
                 blocks.append((cells.astype(np.float64) + deltas[i]).astype(np.float32))
+                sources.append(pool_names[rows])
             x = np.vstack(blocks) if blocks else np.zeros((0, self.var_names_.size), np.float32)
             obs_labels = [label for label in labels for _ in range(n_cells)]
         obs = pd.DataFrame(
             {key: pd.Categorical(obs_labels, categories=list(dict.fromkeys(labels)))}
         )
+        if not return_mean:
+            obs["control_cell"] = np.concatenate(sources) if sources else np.zeros(0, dtype=str)
         obs.index = pd.Index([f"pred_{i}" for i in range(len(obs_labels))])
         out = AnnData(X=x, obs=obs, var=pd.DataFrame(index=self.var_names_.copy()))
         out.uns["prediction"] = {"method": type(self).__name__, "return_mean": bool(return_mean)}
@@ -267,12 +279,38 @@ class _Baseline:
                 f"{list(self.var_names_[pos < 0][:5])}); pass cells with the training genes."
             )
         x = adata.X
+        names = adata.obs_names.astype(str).to_numpy()
         if self.perturbation_key_ in adata.obs.columns:
             lab = perturbation_labels(adata.obs, self.perturbation_key_)
             check_control_label(lab, self.control_label_, self.perturbation_key_)
-            x = x[np.flatnonzero(lab == self.control_label_)]
+            rows = np.flatnonzero(lab == self.control_label_)
+            x, names = x[rows], names[rows]
         x = sp.csr_matrix(x) if sp.issparse(x) else np.asarray(x)
-        return x[:, pos]
+        return x[:, pos], names
+
+
+def validation_score(
+    predicted: np.ndarray, observed: np.ndarray, target_columns: Sequence[int], n_top: int = 20
+) -> float:
+    """How well a predicted change matches an observed one, for choosing hyperparameters.
+
+    The mean of the benchmark's three headline correlations of change: over all genes, over
+    the ``n_top`` most changed genes, and over the ``n_top`` most changed genes other than
+    the targets (ranked by absolute observed change).
+    """
+    order = np.argsort(-np.abs(observed), kind="stable")
+    top = order[:n_top]
+    others = order[~np.isin(order, np.asarray(target_columns, dtype=np.int64))]
+    top_without_targets = others[:n_top]
+    return float(
+        np.nanmean(
+            [
+                pearson(predicted, observed),
+                pearson(predicted[top], observed[top]),
+                pearson(predicted[top_without_targets], observed[top_without_targets]),
+            ]
+        )
+    )
 
 
 def _as_labels(perturbations: str | Sequence[str]) -> list[str]:

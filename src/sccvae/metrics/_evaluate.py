@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 from anndata import AnnData
 from scipy.spatial.distance import cdist
 
@@ -27,6 +28,7 @@ from ._core import (
     _select_columns,
     pearson,
 )
+from ._de import de_genes, de_overlap, discrimination_scores
 from ._distribution import _fit_pca_matrix, _pca_parts, _project, energy_distance, mmd
 
 logger = logging.getLogger(__name__)
@@ -65,7 +67,19 @@ METRICS: dict[str, tuple[bool, str]] = {
         "Fraction of other perturbations' predictions closer to this observed mean than its own "
         "(0 best, 0.5 random)",
     ),
+    "mae_all": (False, "Mean absolute error of predicted and observed means, all genes"),
+    "discrimination_score": (
+        True,
+        "Virtual Cell Challenge discrimination: 1 - (share of observed changes closer, in L1 "
+        "without the targets, to the predicted change than its own) (1 best)",
+    ),
+    "de_overlap": (
+        True,
+        "Virtual Cell Challenge DE overlap: share of the observed DE genes (Wilcoxon, BH FDR "
+        "< 0.05) among the predicted top-k (k = observed DE count)",
+    ),
 }
+
 
 
 def evaluate(
@@ -82,6 +96,9 @@ def evaluate(
     seed: int = 0,
     de_method: str = "welch",
     distribution_metrics: bool = True,
+    source_key: str | None = "control_cell",
+    de_fdr: float = 0.05,
+    de_metrics: bool = True,
 ) -> pd.DataFrame:
     """Score predictions against observed cells, one row per perturbation.
 
@@ -119,12 +136,24 @@ def evaluate(
         ``"welch"`` (rank by absolute Welch t statistic, default) or ``"abs_change"``.
     distribution_metrics
         Compute ``energy_distance`` and ``mmd`` (set False to skip them for speed).
+    source_key
+        Column of ``predicted.obs`` naming the control cell each predicted cell was made
+        from (as SCCVAE and the baselines of :mod:`sccvae.baselines` record it). When the
+        column exists and its names are cells of ``control``, a prediction's change is
+        measured from the mean of its own source cells rather than from ``mu0`` (see the
+        module docstring); ``None`` always uses ``mu0``.
+    de_fdr
+        FDR threshold of the Wilcoxon DE test of ``de_overlap``.
+    de_metrics
+        Compute ``de_overlap`` (set False to skip the per-gene tests for speed).
 
     Returns
     -------
     DataFrame indexed by canonical perturbation label (sorted), with the columns of
-    :data:`METRICS` plus ``n_cells_predicted``, ``n_cells_observed``, ``n_targets`` and
-    ``n_de_genes_used``. See the module docstring for the conventions.
+    :data:`METRICS` plus ``n_cells_predicted``, ``n_cells_observed``, ``n_targets``,
+    ``n_de_genes_used``, ``n_de_observed`` (significant observed DE genes) and
+    ``source_corrected`` (whether the change was measured from the source cells). See the
+    module docstring for the conventions.
     """
     for name, obj in (("predicted", predicted), ("observed", observed), ("control", control)):
         if not isinstance(obj, AnnData):
@@ -137,6 +166,8 @@ def evaluate(
     max_cells = _DEFAULT_MAX_CELLS if n_cells is None else int(n_cells)
     if max_cells < 2:
         raise ValueError(f"`n_cells` must be at least 2, got {n_cells}.")
+    if not 0.0 < de_fdr < 1.0:
+        raise ValueError(f"`de_fdr` must lie in (0, 1), got {de_fdr}.")
 
     genes = pd.Index([str(g) for g in observed.var_names])
     if not genes.is_unique:
@@ -147,23 +178,8 @@ def evaluate(
     x_pred = _select_columns(
         _matrix(predicted, "predicted"), _gene_columns(predicted, genes, "predicted")
     )
-    x_ctrl = _select_columns(_matrix(control, "control"), _gene_columns(control, genes, "control"))
-
-    # --- control reference
-    if perturbation_key in control.obs.columns:
-        ctrl_labels = perturbation_labels(control.obs, perturbation_key)
-        ctrl_rows = np.flatnonzero(ctrl_labels == control_label)
-        if ctrl_rows.size == 0:
-            raise ValueError(
-                f"`control` has no cells labelled {control_label!r} in obs[{perturbation_key!r}]; "
-                "pass the training control cells (or an AnnData without that column)."
-            )
-        if ctrl_rows.size < control.n_obs:
-            x_ctrl = x_ctrl[ctrl_rows]
-    if x_ctrl.shape[0] < 2:
-        raise ValueError("`control` needs at least 2 cells.")
-    ctrl_codes = np.zeros(x_ctrl.shape[0], dtype=np.int64)
-    s0, q0, n0 = _group_moments(x_ctrl, ctrl_codes, 1)
+    x_ctrl, ctrl_names = _control_cells(control, genes, perturbation_key, control_label)
+    s0, q0, n0 = _group_moments(x_ctrl, np.zeros(x_ctrl.shape[0], dtype=np.int64), 1)
     mu0 = s0[0] / n0[0]
     var0 = np.maximum(q0[0] - n0[0] * mu0**2, 0.0) / (n0[0] - 1)
     atol = _CONSTANT_RTOL * (1.0 + float(np.sqrt(np.mean(mu0**2))))
@@ -171,23 +187,7 @@ def evaluate(
     # --- perturbations in common
     obs_labels = perturbation_labels(observed.obs, perturbation_key)
     pred_labels = perturbation_labels(predicted.obs, perturbation_key)
-    obs_set = _canonical_set(obs_labels, control_label, combination_delimiter)
-    pred_set = _canonical_set(pred_labels, control_label, combination_delimiter)
-    perts = sorted(set(obs_set) & set(pred_set))
-    if not perts:
-        raise ValueError(
-            "No perturbation is present in both `predicted` and `observed` "
-            f"(observed e.g. {obs_set[:5]}, predicted e.g. {pred_set[:5]}); check labels, "
-            "`perturbation_key` and `control_label`."
-        )
-    only_obs = sorted(set(obs_set) - set(pred_set))
-    if only_obs:
-        warnings.warn(
-            f"{len(only_obs)} observed perturbation(s) have no prediction and are not scored "
-            f"(e.g. {only_obs[:5]}).",
-            UserWarning,
-            stacklevel=2,
-        )
+    perts = _common_perturbations(obs_labels, pred_labels, control_label, combination_delimiter)
     n_p = len(perts)
     obs_codes, targets = _canonical_codes(obs_labels, perts, control_label, combination_delimiter)
     pred_codes, _ = _canonical_codes(pred_labels, perts, control_label, combination_delimiter)
@@ -198,27 +198,12 @@ def evaluate(
     var = np.maximum(q_obs - n_obs[:, None] * mu**2, 0.0) / np.maximum(n_obs[:, None] - 1, 1)
     if not np.all(np.isfinite(mu_hat)):
         raise ValueError("`predicted.X` contains NaN or infinite values.")
-
-    # --- training perturbation mean
-    pert_mean = None
-    if training_perturbation_mean is not None:
-        if isinstance(training_perturbation_mean, pd.Series):
-            index = pd.Index([str(g) for g in training_perturbation_mean.index])
-            pos = index.get_indexer(genes)
-            if (pos < 0).any():
-                raise ValueError(
-                    f"`training_perturbation_mean` lacks {(pos < 0).sum()} gene(s) of `observed` "
-                    f"(e.g. {list(genes[pos < 0][:5])})."
-                )
-            pert_mean = training_perturbation_mean.to_numpy(dtype=np.float64)[pos]
-        else:
-            pert_mean = np.asarray(training_perturbation_mean, dtype=np.float64).ravel()
-            if pert_mean.size != n_genes:
-                raise ValueError(
-                    f"`training_perturbation_mean` has {pert_mean.size} values but `observed` "
-                    f"has {n_genes} genes; pass a gene-indexed Series or an array in observed "
-                    "gene order."
-                )
+    # A prediction made from a few sampled control cells carries their sampling noise in its
+    # mean; measured from its own source cells, its change is the method's change alone.
+    source_mean = _source_means(predicted, source_key, x_ctrl, ctrl_names, pred_codes, n_p)
+    corrected = np.isfinite(source_mean).all(axis=1)
+    mu_hat[corrected] = mu0 + mu_hat[corrected] - source_mean[corrected]
+    pert_mean = _gene_vector(training_perturbation_mean, genes, "training_perturbation_mean")
 
     # --- DE scores (perturbations x genes)
     obs_change = mu - mu0
@@ -230,33 +215,27 @@ def evaluate(
         score[(se == 0) & (obs_change != 0)] = np.inf
     else:
         score = np.abs(obs_change)
+    target_cols = [
+        np.array(sorted(gene_pos[g] for g in targets.get(p, ()) if g in gene_pos), dtype=np.int64)
+        for p in perts
+    ]
+    rank = _rank(mu, mu_hat)
+    discrimination = discrimination_scores(pred_change, obs_change, target_cols)
 
-    # --- rank (Euclidean on means): distance of every prediction to every observed mean
-    dist = cdist(mu, mu_hat)  # observed p x predicted q
-    own = np.diag(dist)
-    if n_p > 1:
-        closer = (dist < own[:, None]).sum(axis=1)
-        ties = (dist == own[:, None]).sum(axis=1) - 1
-        rank = (closer + 0.5 * ties) / (n_p - 1)
-    else:
-        rank = np.full(n_p, np.nan)
-
-    # --- PCA space
     if distribution_metrics:
         if pca is None:
             pca_mean, comps = _fit_pca_matrix(x_ctrl, n_components=50, max_cells=20_000, seed=seed)
         else:
             pca_mean, comps = _pca_parts(pca, n_genes)
-        obs_rows = [np.flatnonzero(obs_codes == i) for i in range(n_p)]
-        pred_rows = [np.flatnonzero(pred_codes == i) for i in range(n_p)]
+    obs_rows = [np.flatnonzero(obs_codes == i) for i in range(n_p)]
+    pred_rows = [np.flatnonzero(pred_codes == i) for i in range(n_p)]
+    control_dense = _dense(x_ctrl) if de_metrics else None
 
     rows = []
     for i, p in enumerate(perts):
-        t = targets.get(p, ())
         order = np.argsort(-score[i], kind="stable")
         de = order[:n_de_genes]
-        target_cols = {gene_pos[g] for g in t if g in gene_pos}
-        de_nt = np.array([g for g in order if g not in target_cols][:n_de_genes], dtype=np.int64)
+        de_nt = order[~np.isin(order, target_cols[i])][:n_de_genes]
         row = {
             "mse_all": _mse(mu_hat[i], mu[i]),
             "mse_de": _mse(mu_hat[i, de], mu[i, de]),
@@ -283,11 +262,21 @@ def evaluate(
             "energy_distance": float("nan"),
             "mmd": float("nan"),
             "rank": float(rank[i]),
+            "mae_all": float(np.mean(np.abs(mu_hat[i] - mu[i]))),
+            "discrimination_score": float(discrimination[i]),
+            "de_overlap": float("nan"),
             "n_cells_predicted": int(n_pred[i]),
             "n_cells_observed": int(n_obs[i]),
-            "n_targets": len(t),
+            "n_targets": len(targets.get(p, ())),
             "n_de_genes_used": int(de.size),
+            "n_de_observed": -1,
+            "source_corrected": bool(corrected[i]),
         }
+        if de_metrics and pred_rows[i].size >= 2:
+            observed_de = de_genes(_dense(x_obs[obs_rows[i]]), control_dense, de_fdr)
+            predicted_de = de_genes(_dense(x_pred[pred_rows[i]]), control_dense, de_fdr)
+            row["de_overlap"] = de_overlap(observed_de, predicted_de)
+            row["n_de_observed"] = int(observed_de.size)
         if distribution_metrics:
             a, b = pred_rows[i], obs_rows[i]
             m = min(a.size, b.size, max_cells)
@@ -303,3 +292,112 @@ def evaluate(
     table = pd.DataFrame(rows, index=pd.Index(perts, name="perturbation"))
     logger.info("Evaluated %d perturbations on %d genes", n_p, n_genes)
     return table
+
+
+def _dense(x) -> np.ndarray:
+    return x.toarray() if sp.issparse(x) else np.asarray(x)
+
+
+def _control_cells(control: AnnData, genes: pd.Index, key: str, control_label: str):
+    """Return the reference control cells (genes of ``observed``) and their names."""
+    x_ctrl = _select_columns(_matrix(control, "control"), _gene_columns(control, genes, "control"))
+    names = control.obs_names.astype(str).to_numpy()
+    if key in control.obs.columns:
+        rows = np.flatnonzero(perturbation_labels(control.obs, key) == control_label)
+        if rows.size == 0:
+            raise ValueError(
+                f"`control` has no cells labelled {control_label!r} in obs[{key!r}]; "
+                "pass the training control cells (or an AnnData without that column)."
+            )
+        if rows.size < control.n_obs:
+            x_ctrl, names = x_ctrl[rows], names[rows]
+    if x_ctrl.shape[0] < 2:
+        raise ValueError("`control` needs at least 2 cells.")
+    return x_ctrl, names
+
+
+def _common_perturbations(
+    obs_labels: np.ndarray, pred_labels: np.ndarray, control_label: str, delimiter: str
+) -> list[str]:
+    obs_set = _canonical_set(obs_labels, control_label, delimiter)
+    pred_set = _canonical_set(pred_labels, control_label, delimiter)
+    perts = sorted(set(obs_set) & set(pred_set))
+    if not perts:
+        raise ValueError(
+            "No perturbation is present in both `predicted` and `observed` "
+            f"(observed e.g. {obs_set[:5]}, predicted e.g. {pred_set[:5]}); check labels, "
+            "`perturbation_key` and `control_label`."
+        )
+    only_obs = sorted(set(obs_set) - set(pred_set))
+    if only_obs:
+        warnings.warn(
+            f"{len(only_obs)} observed perturbation(s) have no prediction and are not scored "
+            f"(e.g. {only_obs[:5]}).",
+            UserWarning,
+            stacklevel=3,
+        )
+    return perts
+
+
+def _source_means(
+    predicted: AnnData,
+    source_key: str | None,
+    x_ctrl,
+    ctrl_names: np.ndarray,
+    pred_codes: np.ndarray,
+    n_p: int,
+) -> np.ndarray:
+    """Mean of each perturbation's source control cells (NaN rows where unknown)."""
+    out = np.full((n_p, x_ctrl.shape[1]), np.nan)
+    if source_key is None or source_key not in predicted.obs.columns:
+        return out
+    position = pd.Index(ctrl_names).get_indexer(predicted.obs[source_key].astype(str))
+    known = np.ones(n_p, dtype=bool)
+    np.logical_and.at(known, pred_codes[pred_codes >= 0], position[pred_codes >= 0] >= 0)
+    if not known.all():
+        warnings.warn(
+            f"{int((~known).sum())} perturbation(s) name source cells in "
+            f"predicted.obs[{source_key!r}] that are not among the control cells; their change "
+            "is measured from the control mean instead.",
+            UserWarning,
+            stacklevel=3,
+        )
+    codes = np.where(known[np.maximum(pred_codes, 0)] & (pred_codes >= 0), pred_codes, -1)
+    usable = codes >= 0
+    sums, _, counts = _group_moments(x_ctrl[position[usable]], codes[usable], n_p)
+    filled = counts > 0
+    out[filled] = sums[filled] / counts[filled, None]
+    return out
+
+
+def _gene_vector(values, genes: pd.Index, name: str) -> np.ndarray | None:
+    """Return a gene-indexed Series, or an array in ``genes`` order, in ``genes`` order."""
+    if values is None:
+        return None
+    if isinstance(values, pd.Series):
+        pos = pd.Index([str(g) for g in values.index]).get_indexer(genes)
+        if (pos < 0).any():
+            raise ValueError(
+                f"`{name}` lacks {(pos < 0).sum()} gene(s) of `observed` "
+                f"(e.g. {list(genes[pos < 0][:5])})."
+            )
+        return values.to_numpy(dtype=np.float64)[pos]
+    out = np.asarray(values, dtype=np.float64).ravel()
+    if out.size != genes.size:
+        raise ValueError(
+            f"`{name}` has {out.size} values but `observed` has {genes.size} genes; pass a "
+            "gene-indexed Series or an array in observed gene order."
+        )
+    return out
+
+
+def _rank(mu: np.ndarray, mu_hat: np.ndarray) -> np.ndarray:
+    """Share of other perturbations' predictions closer (Euclidean) to each observed mean."""
+    n_p = mu.shape[0]
+    if n_p < 2:
+        return np.full(n_p, np.nan)
+    dist = cdist(mu, mu_hat)  # observed p x predicted q
+    own = np.diag(dist)
+    closer = (dist < own[:, None]).sum(axis=1)
+    ties = (dist == own[:, None]).sum(axis=1) - 1
+    return (closer + 0.5 * ties) / (n_p - 1)
