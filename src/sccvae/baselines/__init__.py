@@ -12,15 +12,29 @@ would change the mean that ``delta`` describes).
 - :class:`LinearBaseline`: the linear model of Ahlmann-Eltze, Huber & Anders (Nature
   Methods 2025), ``Y ~ G W P^T + b``, on gene embeddings ``G`` and perturbation embeddings
   ``P`` built from target genes, so it predicts unseen perturbations.
+- :class:`CoexpressionBaseline`: each gene moves by its regression slope on the target
+  gene across control cells, times the typical change of a target's own gene.
+- :class:`KnnBaseline`: the similarity-weighted mean change of the most similar training
+  perturbations in a gene embedding.
 
 All share ``fit(adata, perturbation_key, control_label, combination_delimiter, layer,
 train_indices)`` and ``predict(perturbations, n_cells, adata, return_mean, seed)``,
 returning an AnnData with the training ``var_names``, ``obs[perturbation_key]`` holding the
 requested labels (``n_cells`` rows per label, or one with ``return_mean=True``) and the
-predictions in ``X`` (float32). Inputs are never modified.
+predictions in ``X`` (float32) and, for cells, ``obs["control_cell"]``, the control cell
+each prediction was made from. Inputs are never modified.
 """
 
+from ._coexpression import CoexpressionBaseline
+from ._knn import KnnBaseline
 from ._linear import LinearBaseline
 from ._simple import AdditiveBaseline, ControlBaseline, MeanBaseline
 
-__all__ = ["ControlBaseline", "MeanBaseline", "AdditiveBaseline", "LinearBaseline"]
+__all__ = [
+    "ControlBaseline",
+    "MeanBaseline",
+    "AdditiveBaseline",
+    "LinearBaseline",
+    "CoexpressionBaseline",
+    "KnnBaseline",
+]
