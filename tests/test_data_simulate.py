@@ -214,9 +214,60 @@ def test_h5ad_roundtrip(sim, tmp_path):
         dict(n_combinations=10_000),
         dict(effect_size=-1),
         dict(n_modules=100),
+        dict(shared_response=-0.1),
+        dict(null_fraction=1.5),
+        dict(efficiency=(0.8, 0.2)),
     ],
 )
 def test_bad_arguments(kwargs):
     params = {**SMALL, **kwargs}
     with pytest.raises(ValueError):
         scd.simulate_perturbseq(**params)
+
+
+def test_scenario_options_leave_the_default_screen_unchanged(sim):
+    same = scd.simulate_perturbseq(
+        **SMALL, n_combinations=4, seed=3, shared_response=0.0, null_fraction=0.0
+    )
+    assert (same.X != sim.X).nnz == 0
+    assert set(scd.SIMULATION_SCENARIOS) == {"default", "shared-response", "weak"}
+    assert scd.SIMULATION_SCENARIOS["default"] == {}
+
+
+def test_shared_response_moves_every_perturbation():
+    adata = scd.simulate_perturbseq(**SMALL, seed=4, shared_response=0.5)
+    truth = adata.uns["simulation"]
+    loadings, strength = truth["shared_response_loadings"], truth["shared_response_strength"]
+    members = np.flatnonzero(loadings)
+    assert members.size == SMALL["n_genes"] // 10
+    assert not adata.var["is_target"].to_numpy()[members].any()
+    assert np.all((strength >= 0.25) & (strength <= 0.75))
+    means, control, _ = _means(adata)
+    mu0 = control.mean(0)
+    changes = np.stack([means[p] - mu0 for p in truth["perturbations"]])
+    # the programme's genes move with the sign of their loading, on average over perturbations
+    assert np.corrcoef(changes.mean(0)[members], loadings[members])[0, 1] > 0.8
+    # and the noise-free truth contains that part
+    expected = truth["expected_shift"][:, members]
+    np.testing.assert_allclose(
+        np.median(expected / loadings[members], axis=1),
+        truth["mean_penetrance"] * strength,
+        rtol=0.2,
+    )
+
+
+def test_weak_targets_and_efficiency():
+    adata = scd.simulate_perturbseq(**SMALL, seed=5, null_fraction=0.5, efficiency=(0.2, 1.0))
+    truth = adata.uns["simulation"]
+    genes = list(adata.var_names)
+    null = set(truth["null_targets"])
+    assert len(null) == SMALL["n_perturbations"] // 2
+    efficiency = truth["target_efficiency"]
+    assert np.all((efficiency >= 0.2) & (efficiency <= 1.0))
+    for row, target in enumerate(truth["targets"]):
+        j = genes.index(target)
+        expected = truth["expected_shift"][row]
+        if target in null:
+            assert not truth["adjacency"][j].any()  # no outgoing edge
+            assert np.count_nonzero(expected) == 1 and expected[j] != 0  # only its own gene
+        assert abs(truth["target_direct_shift"][row]) <= 1.25 * 2.0 * efficiency[row] + 1e-6

@@ -38,6 +38,7 @@ from ._preprocessing import (
     perturbation_targets,
     select_genes,
 )
+from ._scenarios import SIMULATION_SCENARIOS
 from ._simulate import simulate_perturbseq
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "ChecksumMismatchError",
     "DatasetDownloadError",
     "RemoteFile",
+    "SIMULATION_SCENARIOS",
     "download_dataset",
     "filter_strong_perturbations",
     "from_replogle",

@@ -17,10 +17,10 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
-from scipy.sparse.linalg import spsolve_triangular
 
 from sccvae._perturbations import canonical_label
 
+from ._network import build_network, saturate, total_effects
 from ._preprocessing import COUNTS_LAYER
 
 logger = logging.getLogger(__name__)
@@ -52,103 +52,6 @@ def _check_positive_float(value, name: str, allow_zero: bool = False) -> float:
     return value
 
 
-def _build_network(
-    rng: np.random.Generator,
-    n_genes: int,
-    targets: np.ndarray,
-    target_module: np.ndarray,
-    order: np.ndarray,
-    n_modules: int,
-    module_size: int,
-    module_edge_prob: float,
-    density: float,
-    weight_range: tuple[float, float],
-    activation_fraction: float,
-) -> tuple[sp.csr_matrix, np.ndarray]:
-    """Weighted DAG adjacency (row = regulator, column = regulated gene) and module of genes."""
-    position = np.empty(n_genes, dtype=np.int64)
-    position[order] = np.arange(n_genes)
-    lo, hi = weight_range
-    rows, cols, vals = [], [], []
-    gene_module = np.full(n_genes, -1, dtype=np.int64)
-
-    # module programmes: every target of module m regulates part of the module's gene set,
-    # with a sign per (module, gene) shared by the module's targets (so targets of one module
-    # have correlated footprints), occasionally flipped.
-    last_target_pos = position[targets].max()
-    pool = order[last_target_pos + 1 :]
-    pool = pool[~np.isin(pool, targets)]
-    pool = rng.permutation(pool)
-    need = n_modules * module_size
-    for m in range(n_modules):
-        if need <= len(pool):
-            genes = pool[m * module_size : (m + 1) * module_size]
-        else:  # not enough genes for disjoint modules: overlapping draws
-            genes = rng.choice(pool, min(module_size, len(pool)), replace=False)
-        gene_module[genes[gene_module[genes] < 0]] = m
-        sign = np.where(rng.random(len(genes)) < activation_fraction, 1.0, -1.0)
-        for t in targets[target_module == m]:
-            hit = rng.random(len(genes)) < module_edge_prob
-            if not hit.any():
-                hit[rng.integers(len(genes))] = True
-            flip = np.where(rng.random(hit.sum()) < 0.1, -1.0, 1.0)
-            rows.append(np.full(hit.sum(), t))
-            cols.append(genes[hit])
-            vals.append(sign[hit] * flip * rng.uniform(lo, hi, hit.sum()))
-
-    # sparse random background DAG: each pair (earlier -> later in the topological order) is an
-    # edge with probability `density`
-    n_pairs = n_genes * (n_genes - 1) // 2
-    n_edges = int(rng.binomial(n_pairs, density)) if density > 0 else 0
-    if n_edges:
-        a = rng.integers(0, n_genes, size=int(n_edges * 1.1) + 10)
-        b = rng.integers(0, n_genes, size=len(a))
-        keep = a != b
-        a, b = a[keep], b[keep]
-        first, second = np.minimum(a, b), np.maximum(a, b)  # topological positions
-        pairs = np.unique(first * n_genes + second)
-        pairs = rng.permutation(pairs)[:n_edges]
-        src, dst = order[pairs // n_genes], order[pairs % n_genes]
-        sign = np.where(rng.random(len(src)) < activation_fraction, 1.0, -1.0)
-        rows.append(src)
-        cols.append(dst)
-        vals.append(sign * rng.uniform(lo, hi, len(src)))
-
-    rows = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
-    cols = np.concatenate(cols) if cols else np.zeros(0, dtype=np.int64)
-    vals = np.concatenate(vals) if vals else np.zeros(0)
-    w = sp.coo_matrix((vals, (rows, cols)), shape=(n_genes, n_genes)).tocsr()
-    w.sum_duplicates()  # a module edge that is also a background edge: weights add
-    # keep incoming weight bounded so that no gene is driven by an implausibly large total input
-    incoming = np.asarray(abs(w).sum(axis=0)).ravel()
-    factor = np.where(incoming > 2.0, 2.0 / np.maximum(incoming, 1e-12), 1.0)
-    w = (w @ sp.diags(factor)).tocsr()
-    w.eliminate_zeros()
-    assert np.all(position[w.nonzero()[0]] < position[w.nonzero()[1]]), "adjacency is not a DAG"
-    return w.astype(np.float64), gene_module
-
-
-def _total_effects(w: sp.csr_matrix, order: np.ndarray, shifts: np.ndarray) -> np.ndarray:
-    """``shifts @ (I - W)^-1`` (row vectors) by one sparse triangular solve; shifts: p x G."""
-    n = w.shape[0]
-    if shifts.shape[0] == 0:
-        return np.zeros((0, n))
-    w_topo = w[order][:, order]  # strictly upper triangular
-    # delta (I - W) = s  <=>  (I - W)^T delta^T = s^T, lower triangular in topological order
-    lower = (sp.identity(n, format="csr") - w_topo.T).tocsr()
-    rhs = shifts[:, order].T.astype(np.float64)
-    solved = spsolve_triangular(lower, rhs, lower=True, unit_diagonal=True)
-    out = np.empty_like(shifts, dtype=np.float64)
-    out[:, order] = np.asarray(solved).T
-    return out
-
-
-def _saturate(values: np.ndarray, saturation: float | None) -> np.ndarray:
-    if saturation is None:
-        return values
-    return saturation * np.tanh(values / saturation)
-
-
 def simulate_perturbseq(
     n_genes: int = 1000,
     n_perturbations: int = 60,
@@ -174,6 +77,10 @@ def simulate_perturbseq(
     dispersion: float = 0.1,
     penetrance: tuple[float, float] | float | None = (5.0, 1.5),
     saturation: float | None = None,
+    shared_response: float = 0.0,
+    shared_response_genes: int | None = None,
+    null_fraction: float = 0.0,
+    efficiency: tuple[float, float] | None = None,
     gene_prefix: str = "G",
     seed: int = 0,
 ) -> AnnData:
@@ -207,6 +114,16 @@ def simulate_perturbseq(
        Propagation is linear in log space: ``delta_i = pi_i * s (I - W)^-1`` (row vectors,
        ``W[j, k]`` the effect of gene ``j`` on gene ``k``), optionally saturated elementwise
        as ``saturation * tanh(delta / saturation)``.
+       *Knock-down efficiency* (``efficiency=(lo, hi)``): each target's direct shift is
+       scaled by its own ``U(lo, hi)``. *Targets without phenotype* (``null_fraction``): that
+       share of the targets has no outgoing edge, so its perturbation moves only its own gene.
+       *Shared response* (``shared_response > 0``): a common programme ``P`` over
+       ``shared_response_genes`` genes (loadings ``±U(0.5, 1.5)``, not targets) varies across
+       all cells (``f_i P`` with ``f_i ~ N(0, program_scale)``, like a stress or growth
+       state), and every perturbation also moves it: cell ``i`` of perturbation ``p`` gets
+       ``pi_i a_p P`` on top of its specific effect, with ``a_p = shared_response *
+       U(0.5, 1.5)`` per single perturbation (the sum over its targets for a combination).
+       The scenarios of :data:`SIMULATION_SCENARIOS` are presets of these arguments.
     5. **Counts.** ``counts ~ NB(mean mu, dispersion phi_g)`` (Gamma-Poisson), with
        ``phi_g ~ LogNormal(log dispersion, 0.5)``. Cells are generated per perturbation block
        (controls in blocks of 2,000) so peak memory stays bounded.
@@ -264,6 +181,14 @@ def simulate_perturbseq(
         ``(a, b)`` of the Beta distribution of per-cell penetrance, a constant, or ``None``.
     saturation
         If given, total effects are squashed as ``saturation * tanh(delta / saturation)``.
+    shared_response
+        Mean strength ``a`` of the programme shared by all perturbations (0: none).
+    shared_response_genes
+        Genes of the shared programme; default ``n_genes // 10``.
+    null_fraction
+        Share of targets without downstream effect (no outgoing edge).
+    efficiency
+        ``(lo, hi)`` range of per-target knock-down efficiency; ``None`` means 1.
     gene_prefix
         Gene names are ``f"{gene_prefix}{index:04d}"``.
     seed
@@ -283,10 +208,13 @@ def simulate_perturbseq(
       ``var_names`` order); ``genes``: the gene names; ``topological_order``: gene indices.
     - ``perturbations``: labels (singles, then combinations); ``expected_shift``: float32
       ``perturbations x genes`` noise-free shift of ``log mu`` at the mean penetrance
-      (``saturate(mean_pi * s (I - W)^-1)``; approximately the expected change of
-      log-normalised expression for well-expressed genes).
+      (``saturate(mean_pi * s (I - W)^-1) + mean_pi * a_p * P``; approximately the
+      expected change of log-normalised expression for well-expressed genes).
     - ``targets``, ``target_modes``, ``target_modules``, ``target_direct_shift`` (signed
-      shift at full penetrance): one entry per single perturbation.
+      shift at full penetrance, efficiency included), ``target_efficiency``: one entry per
+      single perturbation; ``null_targets``: targets without downstream effect.
+    - ``shared_response_loadings`` (``P``, zeros without a shared response) and
+      ``shared_response_strength`` (``a_p``, one per perturbation).
     - ``mean_penetrance`` and ``params`` (every argument; ``None`` stored as ``"None"``).
     """
     start = time.perf_counter()
@@ -354,6 +282,19 @@ def simulate_perturbseq(
         mean_pen = pen_a / (pen_a + pen_b)
     if saturation is not None:
         saturation = _check_positive_float(saturation, "saturation")
+    shared_response = _check_positive_float(shared_response, "shared_response", allow_zero=True)
+    if shared_response_genes is None:
+        shared_response_genes = max(1, n_genes // 10)
+    shared_response_genes = _check_positive_int(shared_response_genes, "shared_response_genes")
+    if not 0.0 <= float(null_fraction) <= 1.0:
+        raise ValueError(f"`null_fraction` must lie in [0, 1], got {null_fraction!r}.")
+    null_fraction = float(null_fraction)
+    if efficiency is not None:
+        eff_lo, eff_hi = (float(v) for v in efficiency)
+        if not 0.0 <= eff_lo <= eff_hi:
+            raise ValueError(
+                f"`efficiency` must be (low, high) with 0 <= low <= high, got {efficiency!r}."
+            )
     if n_modules is None:
         n_modules = max(1, round(n_perturbations / 6))
     n_modules = _check_positive_int(n_modules, "n_modules")
@@ -372,6 +313,8 @@ def simulate_perturbseq(
         )
 
     rng = np.random.default_rng(seed)
+    # the scenario options draw from their own stream: without them, the data are unchanged
+    scenario_rng = np.random.default_rng([0 if seed is None else int(seed), 1])
     width = max(4, len(str(n_genes - 1)))
     genes = np.array([f"{gene_prefix}{i:0{width}d}" for i in range(n_genes)])
 
@@ -401,11 +344,30 @@ def simulate_perturbseq(
     module_size = min(module_size, max(1, n_downstream))
     if n_downstream < 1:
         raise ValueError("No genes lie downstream of the targets; increase `n_genes`.")
-    w, gene_module = _build_network(
+    w, gene_module = build_network(
         rng, n_genes, targets, target_module, order, n_modules, module_size, module_edge_prob,
         density, (lo, hi), activation_fraction,
     )  # fmt: skip
     gene_module[targets] = target_module
+    target_efficiency = np.ones(n_perturbations)
+    if efficiency is not None:
+        target_efficiency = scenario_rng.uniform(eff_lo, eff_hi, n_perturbations)
+        direct = direct * target_efficiency
+    null_targets = np.zeros(n_perturbations, dtype=bool)
+    if null_fraction > 0:
+        n_null = round(null_fraction * n_perturbations)
+        null_targets[scenario_rng.permutation(n_perturbations)[:n_null]] = True
+        keeps_edges = ~np.isin(np.arange(n_genes), targets[null_targets])
+        w = (sp.diags(keeps_edges.astype(float)) @ w).tocsr()
+        w.eliminate_zeros()
+    shared_loadings = np.zeros(n_genes, dtype=np.float32)
+    shared_strength = np.zeros(n_perturbations)
+    if shared_response > 0:
+        pool = np.setdiff1d(np.arange(n_genes), targets)
+        members = scenario_rng.choice(pool, min(shared_response_genes, pool.size), replace=False)
+        signs = np.where(scenario_rng.random(members.size) < 0.5, -1.0, 1.0)
+        shared_loadings[members] = signs * scenario_rng.uniform(0.5, 1.5, members.size)
+        shared_strength = shared_response * scenario_rng.uniform(0.5, 1.5, n_perturbations)
 
     # perturbation list: singles then combinations
     designs: list[tuple[int, ...]] = [(k,) for k in range(n_perturbations)]
@@ -432,8 +394,12 @@ def simulate_perturbseq(
     for row, design in enumerate(designs):
         for k in design:
             shifts[row, targets[k]] += direct[k]
-    total = _total_effects(w, order, shifts)  # at full penetrance
-    expected = _saturate(mean_pen * total, saturation).astype(np.float32)
+    total = total_effects(w, order, shifts)  # at full penetrance
+    strength = np.array([shared_strength[list(d)].sum() for d in designs])
+    expected = (
+        saturate(mean_pen * total, saturation) + mean_pen * strength[:, None] * shared_loadings
+    )
+    expected = expected.astype(np.float32)
 
     # cell-level generation, block by block
     theta = (1.0 / (dispersion * np.exp(rng.normal(0.0, 0.5, n_genes)))).astype(np.float32)
@@ -442,9 +408,11 @@ def simulate_perturbseq(
     # total effect of a unit change of each target on every gene (targets x genes)
     target_units = np.zeros((len(targets), n_genes))
     target_units[np.arange(len(targets)), targets] = 1.0
-    target_propagation = _total_effects(w, order, target_units).astype(np.float32) if regulator_noise > 0 else None
+    target_propagation = None
+    if regulator_noise > 0:
+        target_propagation = total_effects(w, order, target_units).astype(np.float32)
 
-    def block(n: int, effect: np.ndarray | None):
+    def block(n: int, effect: np.ndarray | None, shared: float = 0.0):
         log_lib = rng.normal(np.log(library_size), library_size_sigma, n).astype(np.float32)
         log_mu = rng.standard_normal((n, n_genes), dtype=np.float32)
         log_mu *= np.float32(gene_noise)
@@ -465,7 +433,10 @@ def simulate_perturbseq(
                 pen = rng.beta(pen_a, pen_b, n).astype(np.float32)
             effect32 = effect.astype(np.float32)
             nz = np.flatnonzero(effect32)
-            log_mu[:, nz] += _saturate(pen[:, None] * effect32[nz][None, :], saturation)
+            log_mu[:, nz] += saturate(pen[:, None] * effect32[nz][None, :], saturation)
+        if shared_response > 0:
+            state = scenario_rng.normal(0.0, program_scale, n).astype(np.float32) + pen * shared
+            log_mu += state[:, None] * shared_loadings[None, :]
         np.exp(log_mu, out=log_mu)  # now the NB mean
         lam = rng.standard_gamma(theta, size=(n, n_genes), dtype=np.float32)
         lam *= log_mu
@@ -487,9 +458,13 @@ def simulate_perturbseq(
     while remaining > 0:
         jobs.append(("control", min(1000, remaining), None))
         remaining -= jobs[-1][1]
-    jobs += [(label, n_cells_per_perturbation, total[row]) for row, label in enumerate(labels)]
-    for label, n, effect in jobs:
-        data, indices, row_nnz, pen, lib = block(n, effect)
+    jobs = [(label, n, effect, 0.0) for label, n, effect in jobs]
+    jobs += [
+        (label, n_cells_per_perturbation, total[row], strength[row])
+        for row, label in enumerate(labels)
+    ]
+    for label, n, effect, shared in jobs:
+        data, indices, row_nnz, pen, lib = block(n, effect, shared)
         pieces.append((data, indices, row_nnz))
         obs_label += [label] * n
         obs_pen.append(pen)
@@ -564,7 +539,11 @@ def simulate_perturbseq(
             "None" if penetrance is None
             else list(np.atleast_1d(np.asarray(penetrance, dtype=float)))
         ),
-        "saturation": "None" if saturation is None else saturation, "gene_prefix": gene_prefix,
+        "saturation": "None" if saturation is None else saturation,
+        "shared_response": shared_response, "shared_response_genes": shared_response_genes,
+        "null_fraction": null_fraction,
+        "efficiency": "None" if efficiency is None else [eff_lo, eff_hi],
+        "gene_prefix": gene_prefix,
         "seed": "None" if seed is None else int(seed),
     }  # fmt: skip
     adata.uns["simulation"] = {
@@ -577,6 +556,10 @@ def simulate_perturbseq(
         "target_modes": target_modes.astype(str),
         "target_modules": target_module.astype(np.int64),
         "target_direct_shift": direct.astype(np.float32),
+        "target_efficiency": target_efficiency.astype(np.float32),
+        "null_targets": genes[targets[null_targets]].astype(str),
+        "shared_response_loadings": shared_loadings,
+        "shared_response_strength": strength.astype(np.float32),
         "mean_penetrance": float(mean_pen),
         "params": params,
     }
