@@ -77,7 +77,9 @@ def test_writes_outputs(tiny_file, tmp_path, capsys):
         assert (out / name).is_file(), name
     assert list(out.glob("*.png"))
     results = pd.read_csv(out / "results.csv")
-    assert set(results["method"]) == {"sccvae", "sccvae_nograph", "control", "mean", "linear"}
+    assert set(results["method"]) == {
+        "sccvae", "sccvae_nograph", "control", "mean", "linear", "coexpression", "knn"
+    }  # fmt: skip
     assert results["perturbation"].nunique() == 10
     splits = json.loads((out / "splits.json").read_text())
     assert len(splits) == 2 and {"train_idx", "test_idx"} <= set(splits[0])
@@ -85,8 +87,11 @@ def test_writes_outputs(tiny_file, tmp_path, capsys):
     assert "sccvae benchmark --data" in md
     assert "torch" in md and "cpu_count" in md and "wall time" in md
     assert "| pearson_delta_all" in md
+    assert md.rstrip().splitlines()[-1].startswith("- de_overlap")  # ends with the verdicts
+    assert "## Verdict" in md and "beat every baseline" in md
     printed = capsys.readouterr().out
     assert "pearson_delta_all" in printed and "win" in printed
+    assert "verdict" in printed.lower() and "of perturbations" in printed
 
 
 @pytest.mark.parametrize(

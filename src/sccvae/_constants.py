@@ -11,3 +11,7 @@ class _RegistryKeys(NamedTuple):
 
 
 REGISTRY_KEYS = _RegistryKeys()
+
+#: Adam's learning rate in :class:`~sccvae.SCCVAETrainingPlan` (the reference uses 5e-4 over
+#: far more steps).
+DEFAULT_LEARNING_RATE = 1e-3

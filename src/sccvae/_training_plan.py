@@ -7,6 +7,8 @@ import logging
 import torch
 from scvi.train import TrainingPlan
 
+from ._constants import DEFAULT_LEARNING_RATE
+
 logger = logging.getLogger(__name__)
 
 # Logged every epoch for train and validation; "model_selection" follows the reference
@@ -25,7 +27,7 @@ class SCCVAETrainingPlan(TrainingPlan):
     ``model_selection_validation = mmd + kl``.
     """
 
-    def __init__(self, module, *, lr: float = 1e-3, n_epochs_kl_warmup: int | None = 100, **kwargs):
+    def __init__(self, module, *, lr: float = DEFAULT_LEARNING_RATE, n_epochs_kl_warmup: int | None = 100, **kwargs):
         super().__init__(module, lr=lr, n_epochs_kl_warmup=n_epochs_kl_warmup, **kwargs)
 
     def on_train_start(self) -> None:

@@ -39,9 +39,20 @@ def _positive_int(text: str) -> int:
     return value
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show each option's default, except where there is none (the help says what happens)."""
+
+    def _get_help_string(self, action):
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser of the ``sccvae`` command."""
-    from sccvae.benchmark import DEFAULT_MAX_EPOCHS, DEFAULT_MODEL_KWARGS, METHODS
+    from sccvae._constants import DEFAULT_LEARNING_RATE
+    from sccvae.benchmark import DEFAULT_MAX_EPOCHS, DEFAULT_METHODS, DEFAULT_MODEL_KWARGS, METHODS
+    from sccvae.data import SIMULATION_SCENARIOS
 
     parser = argparse.ArgumentParser(
         prog="sccvae",
@@ -60,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
             "validation cells; test cells are used for scoring only. X of a data file must "
             "hold log-normalised expression (normalize_total + log1p)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     bench.add_argument(
         "--data",
@@ -78,9 +89,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--combination-delimiter", default="+", help="joins the targets of a combination"
     )
     bench.add_argument(
+        "--scenario",
+        choices=tuple(SIMULATION_SCENARIOS),
+        default="default",
+        help="simulated screen for --data simulated: default (60 knock-downs propagating "
+        "through a gene network), shared-response (every perturbation also moves a common "
+        "programme: the mean of training perturbations is a strong baseline), weak (30%% of "
+        "targets without downstream effect, variable knock-down efficiency)",
+    )
+    bench.add_argument(
         "--dataset",
         default=None,
-        help="keep only cells with this obs['dataset'] value (e.g. norman19)",
+        help="keep only cells with this obs['dataset'] value (e.g. norman19); without it, "
+        "all cells",
     )
     bench.add_argument(
         "--split",
@@ -93,14 +114,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--max-epochs", type=_positive_int, default=DEFAULT_MAX_EPOCHS, help="SCCVAE epochs"
     )
+    per_split = "; ".join(f"{split}: {','.join(m)}" for split, m in DEFAULT_METHODS.items())
     bench.add_argument(
         "--methods",
         default=None,
-        help="comma-separated methods (default: sccvae,sccvae_nograph,control,mean,linear; "
-        f"plus additive for --split combo). {method_help}",
+        help=f"comma-separated methods (default per split: {per_split}). {method_help}",
     )
     bench.add_argument("--seed", type=int, default=0, help="seed of data, splits and models")
-    bench.add_argument("--out", default=None, help="output directory (created)")
+    bench.add_argument(
+        "--out",
+        default=None,
+        help="output directory, created; without it the results are only printed",
+    )
     bench.add_argument(
         "--n-cells", type=_positive_int, default=100, help="cells predicted per perturbation"
     )
@@ -117,7 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="SCCVAE hidden layer width",
     )
     bench.add_argument("--batch-size", type=_positive_int, default=32, help="SCCVAE batch size")
-    bench.add_argument("--lr", type=float, default=None, help="SCCVAE learning rate")
+    bench.add_argument(
+        "--lr", type=float, default=DEFAULT_LEARNING_RATE, help="SCCVAE learning rate"
+    )
     bench.add_argument(
         "--threads",
         type=_positive_int,
@@ -156,12 +183,16 @@ def _logging(quiet: bool):
 def _benchmark(args: argparse.Namespace, parser: argparse.ArgumentParser, argv) -> int:
     from rich.console import Console
 
-    from sccvae.benchmark import BenchmarkInputError, command_line, print_table, run_benchmark
+    from sccvae.benchmark import (
+        BenchmarkInputError,
+        command_line,
+        print_table,
+        run_benchmark,
+        verdicts,
+    )
 
     model_kwargs = {"n_latent": args.n_latent, "n_hidden": args.n_hidden}
-    train_kwargs = {"batch_size": args.batch_size}
-    if args.lr is not None:
-        train_kwargs["plan_kwargs"] = {"lr": args.lr}
+    train_kwargs = {"batch_size": args.batch_size, "plan_kwargs": {"lr": args.lr}}
     command = command_line(["sccvae", *argv] if argv is not None else None)
     try:
         with _logging(args.quiet), warnings.catch_warnings():
@@ -185,6 +216,7 @@ def _benchmark(args: argparse.Namespace, parser: argparse.ArgumentParser, argv) 
                 progress=not args.quiet,
                 n_threads=args.threads,
                 command=command,
+                scenario=args.scenario,
             )
     except (BenchmarkInputError, FileNotFoundError) as err:
         message = str(err.args[0]) if err.args else str(err)
@@ -203,6 +235,11 @@ def _benchmark(args: argparse.Namespace, parser: argparse.ArgumentParser, argv) 
     console.print(f"wall time: {result.wall_time_s:.1f} s")
     if args.out is not None:
         console.print(f"outputs written to {args.out}")
+    lines = verdicts(result)
+    if lines:
+        console.print("[bold]Verdict[/bold]")
+        for line in lines:
+            console.print(f"- {line}", highlight=False)
     return 0
 
 

@@ -1,0 +1,218 @@
+"""Benchmark data: reading or simulating it, checking it, and splitting it into folds."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata import AnnData
+
+from sccvae._perturbations import canonical_label, parse_perturbation, perturbation_labels
+from sccvae.splits import (
+    Split,
+    combination_split,
+    seen_perturbation_split,
+    unseen_perturbation_folds,
+)
+
+from ._result import BenchmarkInputError
+
+logger = logging.getLogger(__name__)
+
+#: Extra simulator arguments for ``data="simulated"`` with ``split="combo"``.
+SIMULATED_COMBINATIONS = 30
+
+SPLITS = ("unseen", "seen", "combo")
+
+
+def _as_float32(x):
+    if sp.issparse(x):
+        x = sp.csr_matrix(x)
+        return x if x.dtype == np.float32 else x.astype(np.float32)
+    return np.asarray(x, dtype=np.float32)
+
+
+def _looks_like_counts(x, n_check: int = 100_000) -> bool:
+    values = x.data if sp.issparse(x) else np.asarray(x).ravel()
+    values = values[:n_check]
+    if values.size == 0:
+        return False
+    return bool(np.all(values == np.round(values)) and values.max() > 30)
+
+
+def load_data(
+    data: str | os.PathLike = "simulated",
+    dataset: str | None = None,
+    seed: int = 0,
+    split: str = "unseen",
+    simulate_kwargs: dict[str, Any] | None = None,
+    scenario: str = "default",
+) -> tuple[AnnData, dict[str, Any]]:
+    """Read or simulate the benchmark data.
+
+    Parameters
+    ----------
+    data
+        ``"simulated"`` (:func:`sccvae.data.simulate_perturbseq` with its defaults, plus
+        ``n_combinations=30`` for ``split="combo"``, and the arguments of ``scenario``) or a
+        path to an ``.h5ad`` file whose ``X`` holds *log-normalised* expression
+        (``normalize_total`` + ``log1p``; the default Gaussian likelihood models X). A
+        ``layers["counts"]`` layer is not used.
+    dataset
+        For files with an ``obs["dataset"]`` column (e.g. the perturbench devel file), keep
+        only the cells of this dataset.
+    seed
+        Seed of the simulation.
+    split
+        The split design (decides whether simulated data get combinations).
+    simulate_kwargs
+        Extra arguments of :func:`~sccvae.data.simulate_perturbseq` (they override the
+        scenario's).
+    scenario
+        A simulated scenario of :data:`sccvae.data.SIMULATION_SCENARIOS` (``"default"``,
+        ``"shared-response"``, ``"weak"``); only for ``data="simulated"``.
+
+    Returns
+    -------
+    The AnnData and a description (for ``summary.md``).
+    """
+    from sccvae.data import SIMULATION_SCENARIOS
+
+    if scenario not in SIMULATION_SCENARIOS:
+        raise BenchmarkInputError(
+            f"Unknown scenario {scenario!r}; choose among {', '.join(SIMULATION_SCENARIOS)}."
+        )
+    if str(data) == "simulated":
+        from sccvae.data import simulate_perturbseq
+
+        kwargs = {**SIMULATION_SCENARIOS[scenario], **(simulate_kwargs or {})}
+        kwargs.setdefault("seed", seed)
+        if split == "combo":
+            kwargs.setdefault("n_combinations", SIMULATED_COMBINATIONS)
+        if dataset is not None:
+            raise BenchmarkInputError("`dataset` only applies to data read from a file.")
+        adata = simulate_perturbseq(**kwargs)
+        args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        call = f"simulate_perturbseq({args})"
+        return adata, {"source": "simulated", "scenario": scenario, "call": call}
+    if scenario != "default":
+        raise BenchmarkInputError("`scenario` only applies to simulated data (data='simulated').")
+    path = Path(data).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(
+            f"Data file {str(path)!r} not found; pass an existing .h5ad file or 'simulated'."
+        )
+    if path.is_dir() or path.suffix != ".h5ad":
+        raise BenchmarkInputError(f"{str(path)!r} is not an .h5ad file.")
+    import anndata as ad
+
+    adata = ad.read_h5ad(path)
+    description: dict[str, Any] = {"source": str(path.resolve())}
+    if dataset is not None:
+        if "dataset" not in adata.obs.columns:
+            raise BenchmarkInputError(
+                f"`--dataset {dataset}` given but {path.name} has no obs['dataset'] column."
+            )
+        available = sorted(adata.obs["dataset"].astype(str).unique())
+        if dataset not in available:
+            raise BenchmarkInputError(
+                f"Unknown dataset {dataset!r}; {path.name} holds {available}."
+            )
+        adata = adata[adata.obs["dataset"].astype(str).to_numpy() == dataset].copy()
+        description["dataset"] = dataset
+    elif "dataset" in adata.obs.columns and adata.obs["dataset"].nunique() > 1:
+        available = sorted(adata.obs["dataset"].astype(str).unique())
+        msg = (
+            f"{path.name} holds several datasets {available} and all are used together; "
+            "pass `dataset` (CLI: --dataset NAME) to benchmark one."
+        )
+        logger.warning(msg)
+        description["note"] = msg
+    return adata, description
+
+
+def _describe(adata: AnnData, key: str, control: str, delimiter: str) -> dict[str, Any]:
+    labels = perturbation_labels(adata.obs, key)
+    perts = {
+        canonical_label(parse_perturbation(u, control, delimiter), control, delimiter)
+        for u in np.unique(labels)
+    } - {control}
+    n_combos = sum(1 for p in perts if len(parse_perturbation(p, control, delimiter)) > 1)
+    return {
+        "n_cells": int(adata.n_obs),
+        "n_genes": int(adata.n_vars),
+        "n_control_cells": int((labels == control).sum()),
+        "n_perturbations": len(perts),
+        "n_combinations": n_combos,
+    }
+
+
+def _working_copy(adata: AnnData, key: str) -> AnnData:
+    """Return a light float32 copy with only X, the label column and gene names."""
+    if adata.X is None:
+        raise BenchmarkInputError("adata.X is empty; put log-normalised expression in X.")
+    var_names = pd.Index([str(g) for g in adata.var_names])
+    if not var_names.is_unique:
+        raise BenchmarkInputError(
+            "Gene names (var_names) are not unique; call var_names_make_unique()."
+        )
+    if _looks_like_counts(adata.X):
+        raise BenchmarkInputError(
+            "adata.X looks like raw counts (integers); the benchmark models log-normalised "
+            "expression in X. Normalise first, e.g. sccvae.data.normalize(adata) or "
+            "scanpy's normalize_total(target_sum=1e4) + log1p."
+        )
+    labels = perturbation_labels(adata.obs, key)
+    obs = pd.DataFrame({key: pd.Categorical(labels)}, index=adata.obs_names.astype(str))
+    work = AnnData(X=_as_float32(adata.X), obs=obs, var=pd.DataFrame(index=var_names))
+    if work.obs_names.has_duplicates:
+        work.obs_names_make_unique()
+    return work
+
+
+def _make_splits(
+    adata: AnnData, split: str, n_folds: int, key: str, control: str, delimiter: str, seed: int
+) -> list[Split]:
+    if split == "unseen":
+        return unseen_perturbation_folds(
+            adata,
+            n_folds=n_folds,
+            perturbation_key=key,
+            control_label=control,
+            seed=seed,
+            combination_delimiter=delimiter,
+        )
+    if split == "seen":
+        return [
+            seen_perturbation_split(
+                adata,
+                perturbation_key=key,
+                control_label=control,
+                seed=seed,
+                combination_delimiter=delimiter,
+            )
+        ]
+    return [
+        combination_split(
+            adata,
+            perturbation_key=key,
+            control_label=control,
+            combination_delimiter=delimiter,
+            seed=seed,
+        )
+    ]
+
+
+def _onehot_embedding(targets: Sequence[str]) -> pd.DataFrame:
+    targets = sorted(set(targets))
+    return pd.DataFrame(np.eye(len(targets), dtype=np.float32), index=targets, columns=targets)
+
+
+# ---------------------------------------------------------------------------------------------
+# progress

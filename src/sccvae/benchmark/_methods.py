@@ -1,0 +1,284 @@
+"""The methods a benchmark compares, behind one fit / predict protocol.
+
+Every method is one :class:`Method` entry of :data:`REGISTRY`: a description, whether it
+needs an embedding of the targets, and a ``fit`` function that takes a fold's training data
+and the run's settings and returns something with ``predict(labels) -> AnnData``. Adding a
+baseline or an SCCVAE variant is one entry.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from anndata import AnnData
+
+from ._progress import epoch_callback
+from ._result import BenchmarkInputError
+
+if TYPE_CHECKING:
+    from ._runner import Fold, RunSettings
+
+logger = logging.getLogger(__name__)
+
+#: Default training epochs of SCCVAE in the benchmark (chosen so that the default
+#: ``sccvae benchmark`` run, 5 folds x 2 SCCVAE variants, fits in 10 minutes on 2 CPU cores).
+DEFAULT_MAX_EPOCHS = 15
+
+#: SCCVAE hyperparameters used by the benchmark unless ``model_kwargs`` overrides them.
+DEFAULT_MODEL_KWARGS: dict[str, Any] = {"n_latent": 64, "n_hidden": 256}
+
+
+class Fitted:
+    """A method fitted on one fold: predicts labelled cells from the fold's training cells."""
+
+    def __init__(self, predict: Callable[[list[str]], AnnData], info: dict[str, Any] | None):
+        self._predict = predict
+        self.info = info
+
+    def predict(self, labels: list[str]) -> tuple[AnnData | None, list[str]]:
+        """Predict ``labels``; on failure, one by one, returning those that failed."""
+        import anndata as ad
+
+        try:
+            return self._predict(labels), []
+        except ValueError:
+            pass
+        parts, failed = [], []
+        for label in labels:
+            try:
+                parts.append(self._predict([label]))
+            except ValueError as err:
+                failed.append(label)
+                logger.debug("Cannot predict %s: %s", label, err)
+        if not parts:
+            return None, failed
+        return ad.concat(parts, index_unique="-"), failed
+
+
+@dataclass(frozen=True)
+class Method:
+    """A benchmark method.
+
+    Attributes
+    ----------
+    description
+        One line for ``--help`` and the docs.
+    fit
+        ``fit(fold, settings, progress) -> Fitted``.
+    needs_embedding
+        Represents targets through an embedding (so unmeasured targets need one).
+    model_kwargs
+        For SCCVAE variants: the arguments that define the variant.
+    """
+
+    description: str
+    fit: Callable[..., Fitted]
+    needs_embedding: bool = False
+    model_kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_sccvae(self) -> bool:
+        """Whether the method trains an SCCVAE."""
+        return self.fit is _fit_sccvae
+
+
+# ------------------------------------------------------------------------------------- SCCVAE
+def _history_summary(model) -> dict[str, Any]:
+    hist = getattr(model, "history", None) or {}
+    out: dict[str, Any] = {}
+    if "train_loss_epoch" in hist:
+        out["train_loss_last"] = float(np.asarray(hist["train_loss_epoch"]).ravel()[-1])
+    if "validation_loss" in hist:
+        val = np.asarray(hist["validation_loss"]).ravel().astype(float)
+        if val.size:
+            out["validation_loss_last"] = float(val[-1])
+            out["validation_loss_best"] = float(np.nanmin(val))
+            out["validation_best_epoch"] = int(np.nanargmin(val))
+    return out
+
+
+def _fit_sccvae(fold: Fold, settings: RunSettings, progress, name: str) -> Fitted:
+    from sccvae import SCCVAE
+
+    kwargs = {**DEFAULT_MODEL_KWARGS, **settings.model_kwargs, **REGISTRY[name].model_kwargs}
+    kwargs.setdefault("seed", settings.seed)
+    adata = fold.training.copy()
+    SCCVAE.setup_anndata(
+        adata,
+        perturbation_key=settings.perturbation_key,
+        control_label=settings.control_label,
+        combination_delimiter=settings.combination_delimiter,
+    )
+    model = SCCVAE(adata, **kwargs)
+    task = progress.add(f"  {fold.name}: training {name}", settings.max_epochs)
+    train_kwargs = dict(settings.train_kwargs)
+    train_kwargs.setdefault("enable_progress_bar", False)
+    train_kwargs.setdefault("enable_model_summary", False)
+    callbacks = list(train_kwargs.pop("callbacks", []) or [])
+    if task is not None:
+        callbacks.append(epoch_callback(progress, task))
+    start = time.perf_counter()
+    model.train(
+        max_epochs=settings.max_epochs,
+        train_indices=fold.train_positions,
+        validation_indices=fold.validation_positions,
+        callbacks=callbacks,
+        **train_kwargs,
+    )
+    seconds = time.perf_counter() - start
+    progress.remove(task)
+    info = {"seconds": seconds, "epochs": int(settings.max_epochs), **_history_summary(model)}
+
+    def predict(labels: list[str]) -> AnnData:
+        return model.predict(
+            labels, n_cells=settings.n_cells, adata=fold.train_cells, seed=settings.seed
+        )
+
+    return Fitted(predict, info)
+
+
+# ------------------------------------------------------------------------------------ baselines
+def _baseline(make: Callable[[RunSettings], Any]) -> Callable[..., Fitted]:
+    """Make the ``fit`` function of a baseline of :mod:`sccvae.baselines` built by ``make``."""
+
+    def fit(fold: Fold, settings: RunSettings, progress, name: str) -> Fitted:
+        model = make(settings).fit(
+            fold.training,
+            perturbation_key=settings.perturbation_key,
+            control_label=settings.control_label,
+            combination_delimiter=settings.combination_delimiter,
+            train_indices=fold.train_positions,
+        )
+
+        def predict(labels: list[str]) -> AnnData:
+            return model.predict(labels, n_cells=settings.n_cells, seed=settings.seed)
+
+        return Fitted(predict, None)
+
+    return fit
+
+
+def _control(settings: RunSettings):
+    from sccvae.baselines import ControlBaseline
+
+    return ControlBaseline(seed=settings.seed)
+
+
+def _mean(settings: RunSettings):
+    from sccvae.baselines import MeanBaseline
+
+    return MeanBaseline(seed=settings.seed)
+
+
+def _additive(settings: RunSettings):
+    from sccvae.baselines import AdditiveBaseline
+
+    return AdditiveBaseline(seed=settings.seed)
+
+
+def _linear(settings: RunSettings):
+    from sccvae.baselines import LinearBaseline
+
+    return LinearBaseline(seed=settings.seed, perturbation_embedding=settings.target_embedding)
+
+
+def _coexpression(settings: RunSettings):
+    from sccvae.baselines import CoexpressionBaseline
+
+    return CoexpressionBaseline(seed=settings.seed)
+
+
+def _knn(settings: RunSettings):
+    from sccvae.baselines import KnnBaseline
+
+    embedding = "coexpression" if settings.target_embedding is None else settings.target_embedding
+    return KnnBaseline(seed=settings.seed, embedding=embedding)
+
+
+def _sccvae_variant(description: str, **model_kwargs) -> Method:
+    return Method(description, _fit_sccvae, needs_embedding=True, model_kwargs=model_kwargs)
+
+
+#: Every method of the benchmark, by name.
+REGISTRY: dict[str, Method] = {
+    "sccvae": _sccvae_variant("SCCVAE, full latent graph (the paper's best)", graph="full"),
+    "sccvae_nograph": _sccvae_variant(
+        "SCCVAE ablation, graph='none' (shifts are not propagated)", graph="none"
+    ),
+    "sccvae_direction": _sccvae_variant(
+        "SCCVAE with target_direction=True (shift also along the target gene's latent "
+        "direction)",
+        graph="full",
+        target_direction=True,
+    ),
+    "sccvae_vector": _sccvae_variant(
+        "SCCVAE with target_shift='vector' (a free latent shift vector per training target)",
+        graph="full",
+        target_shift="vector",
+    ),
+    "control": Method("Training control cells as prediction (no change)", _baseline(_control)),
+    "mean": Method("Mean change over all training perturbations", _baseline(_mean)),
+    "additive": Method(
+        "Sum of the components' observed single-perturbation changes", _baseline(_additive)
+    ),
+    "linear": Method(
+        "Linear model on gene and perturbation embeddings (Ahlmann-Eltze et al. 2025)",
+        _baseline(_linear),
+        needs_embedding=True,
+    ),
+    "coexpression": Method(
+        "Each gene moves by its regression slope on the target gene in control cells "
+        "(measured targets only)",
+        _baseline(_coexpression),
+    ),
+    "knn": Method(
+        "Similarity-weighted mean change of the nearest training perturbations in the "
+        "target embedding",
+        _baseline(_knn),
+        needs_embedding=True,
+    ),
+}
+
+#: Method name -> description.
+METHODS: dict[str, str] = {name: method.description for name, method in REGISTRY.items()}
+
+#: Methods run when none are named, per split design.
+DEFAULT_METHODS: dict[str, tuple[str, ...]] = {
+    "unseen": ("sccvae", "sccvae_nograph", "control", "mean", "linear", "coexpression", "knn"),
+    "seen": ("sccvae", "sccvae_nograph", "control", "mean", "linear"),
+    "combo": ("sccvae", "sccvae_nograph", "control", "mean", "linear", "additive"),
+}
+
+
+def default_methods(split: str) -> tuple[str, ...]:
+    """Methods run by default for a split design (see :data:`DEFAULT_METHODS`)."""
+    return DEFAULT_METHODS[split]
+
+
+def parse_methods(methods: str | Sequence[str] | None, split: str) -> list[str]:
+    """Read method names from a list or a comma-separated string; check them."""
+    if methods is None:
+        return list(default_methods(split))
+    if isinstance(methods, str):
+        methods = methods.split(",")
+    out = [str(m).strip() for m in methods if str(m).strip()]
+    if not out:
+        raise BenchmarkInputError("No method given; choose among " + ", ".join(METHODS) + ".")
+    unknown = [m for m in out if m not in METHODS]
+    if unknown:
+        raise BenchmarkInputError(
+            f"Unknown method(s) {unknown}; choose among {', '.join(METHODS)}."
+        )
+    if len(set(out)) != len(out):
+        raise BenchmarkInputError(f"Methods listed twice: {out}.")
+    return out
+
+
+def fit_method(name: str, fold: Fold, settings: RunSettings, progress) -> Fitted:
+    """Fit method ``name`` on the training cells of ``fold``."""
+    return REGISTRY[name].fit(fold, settings, progress, name)
