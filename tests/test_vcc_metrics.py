@@ -76,6 +76,22 @@ def test_de_overlap_and_mae_by_construction():
     assert np.isnan(evaluate(predicted, flat, control, distribution_metrics=False)["de_overlap"].iloc[0])
 
 
+@pytest.mark.parametrize("decimals", [0, 1, 3])
+def test_rank_test_equals_scipy(decimals):
+    """The sorted-controls Mann-Whitney test gives scipy's p-values, ties included."""
+    from scipy.stats import mannwhitneyu
+
+    from sccvae.metrics._de import ReferenceCells
+
+    rng = np.random.default_rng(decimals)
+    control = np.clip(rng.normal(1, 1, (300, 50)), 0, None).round(decimals)
+    group = np.clip(rng.normal(1.3, 1.5, (40, 50)), 0, None).round(decimals)
+    group[:, 0], group[:, 1], group[:, 2] = 0.0, 50.0, -5.0  # silent, beyond both ends
+    expected = mannwhitneyu(group, control, axis=0, method="asymptotic", use_continuity=True)
+    got = ReferenceCells(control).pvalues(group)
+    np.testing.assert_allclose(got, np.nan_to_num(expected.pvalue, nan=1.0), rtol=1e-9, atol=1e-300)
+
+
 def test_change_is_measured_from_the_source_cells():
     """A prediction scored against the very cells it reproduces gets the noise-free score."""
     rng = np.random.default_rng(3)

@@ -69,7 +69,7 @@ def verdicts(result: BenchmarkResult, category: str = "all") -> list[str]:
             continue
         best = finite.idxmax() if higher else finite.idxmin()
         ref_mean = means.get(reference, np.nan)
-        baselines = [m for m in rows.index if not REGISTRY[m].is_sccvae]
+        baselines = [m for m in rows.index if not REGISTRY[m].is_sccvae and m != reference]
         defined = [m for m in baselines if np.isfinite(means[m])]
         undefined = [m for m in baselines if not np.isfinite(means[m])]
         better = [

@@ -10,50 +10,96 @@ inside its own loop, on the same pseudobulks as every other metric.
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import false_discovery_control, mannwhitneyu
+from scipy.stats import false_discovery_control, norm
 
 
-def de_genes(group: np.ndarray, reference: np.ndarray, fdr: float = 0.05) -> np.ndarray:
-    """Genes differentially expressed between two cell sets, most changed first.
+class ReferenceCells:
+    """Control cells prepared once for many Mann-Whitney U tests against them.
 
-    As ``cell-eval`` (through ``pdex``) computes them on log1p-normalised expression: a
-    two-sided Mann-Whitney U test per gene (asymptotic, with tie and continuity
-    corrections), Benjamini-Hochberg FDR over the genes, and the significant genes
-    (``FDR < fdr``) ranked by the absolute log2 fold change of pseudobulks,
-    ``log2(expm1(mean(group)) / expm1(mean(reference)))``.
+    The cells of every gene are sorted once (one global sort, genes kept apart by an
+    offset), so that testing a group of cells costs binary searches of the group's values,
+    not a sort of the pooled sample per gene: the same exact statistic, tie correction and
+    p-value as :func:`scipy.stats.mannwhitneyu` (asymptotic, continuity-corrected,
+    two-sided), much faster for many groups.
 
     Parameters
     ----------
-    group, reference
-        Cells x genes, log1p-normalised expression (dense).
-    fdr
-        FDR threshold of significance.
-
-    Returns
-    -------
-    Column positions of the significant genes, in decreasing order of ``|log2 FC|`` (ties
-    keep gene order).
+    cells
+        Control cells x genes (dense), log1p-normalised expression.
     """
-    group = np.asarray(group, dtype=np.float64)
-    reference = np.asarray(reference, dtype=np.float64)
-    if group.shape[0] < 1 or reference.shape[0] < 1:
-        return np.zeros(0, dtype=np.int64)
-    varying = np.ptp(np.vstack([group, reference]), axis=0) > 0
-    pvalues = np.ones(group.shape[1])
-    if varying.any():
-        test = mannwhitneyu(
-            group[:, varying], reference[:, varying], axis=0, method="asymptotic",
-            use_continuity=True, alternative="two-sided",
-        )  # fmt: skip
-        pvalues[varying] = np.nan_to_num(test.pvalue, nan=1.0)
-    qvalues = false_discovery_control(np.clip(pvalues, 0.0, 1.0))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        lfc = np.log2(np.expm1(group.mean(axis=0)) / np.expm1(reference.mean(axis=0)))
-    # a gene silenced in one set has an infinite fold change and ranks first, as in cell-eval;
-    # 0 / 0 (silent in both) is undefined and left out
-    significant = np.flatnonzero((qvalues < fdr) & ~np.isnan(lfc))
-    order = np.argsort(-np.abs(lfc[significant]), kind="stable")
-    return significant[order]
+
+    def __init__(self, cells: np.ndarray):
+        cells = np.asarray(cells, dtype=np.float64)
+        self.n_cells, self.n_genes = cells.shape
+        self._low = float(cells.min()) if cells.size else 0.0
+        self._span = float(cells.max() - self._low) + 1.0 if cells.size else 1.0
+        self._offset = np.arange(self.n_genes) * self._span
+        self._sorted = np.sort((cells - self._low + self._offset).T, axis=None)
+        self._start = np.arange(self.n_genes) * self.n_cells
+        self.log_pseudobulk = np.log2(np.expm1(cells.mean(axis=0)))
+        # tie term of the control cells alone, sum over tied values of t^3 - t
+        _, first, counts = np.unique(self._sorted, return_index=True, return_counts=True)
+        gene = first // self.n_cells
+        self._ties = np.bincount(gene, weights=counts**3.0 - counts, minlength=self.n_genes)
+
+    def pvalues(self, group: np.ndarray) -> np.ndarray:
+        """Two-sided Mann-Whitney U p-value of every gene, ``group`` cells vs the controls."""
+        group = np.asarray(group, dtype=np.float64)
+        n1, n2 = group.shape[0], self.n_cells
+        # values beyond the controls' range are moved just outside it, inside the gene's band:
+        # their order relative to the controls (all that U needs) is unchanged
+        clipped = np.clip(group, self._low - 0.25, self._low + self._span - 0.75)
+        shifted = (clipped - self._low + self._offset).ravel()
+        genes = np.broadcast_to(np.arange(self.n_genes), group.shape).ravel()
+        # sorted by gene, then value: binary searches of sorted keys, and runs of equal values
+        raw = group.ravel()
+        order = np.lexsort((raw, genes))
+        raw, genes, shifted = raw[order], genes[order], shifted[order]
+        below = np.searchsorted(self._sorted, shifted, side="left") - self._start[genes]
+        not_above = np.searchsorted(self._sorted, shifted, side="right") - self._start[genes]
+        u1 = np.bincount(genes, weights=below + 0.5 * (not_above - below), minlength=self.n_genes)
+        # ties among the group's own values are counted on the values themselves
+        new_run = np.ones(raw.size, dtype=bool)
+        new_run[1:] = (raw[1:] != raw[:-1]) | (genes[1:] != genes[:-1])
+        starts = np.flatnonzero(new_run)
+        counts = np.diff(np.append(starts, raw.size))
+        gene = genes[starts]
+        in_controls = not_above[starts] - below[starts]
+        pooled = in_controls + counts
+        extra = (pooled**3.0 - pooled) - (in_controls**3.0 - in_controls)
+        ties = self._ties + np.bincount(gene, weights=extra, minlength=self.n_genes)
+        n = n1 + n2
+        sigma = np.sqrt(n1 * n2 / 12.0 * ((n + 1) - ties / (n * (n - 1))))
+        u = np.maximum(u1, n1 * n2 - u1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = (u - n1 * n2 / 2.0 - 0.5) / sigma
+        p = np.clip(2.0 * norm.sf(z), 0.0, 1.0)
+        return np.where(sigma > 0, p, 1.0)
+
+    def de_genes(self, group: np.ndarray, fdr: float = 0.05) -> np.ndarray:
+        """Genes differentially expressed in ``group``, most changed first.
+
+        As ``cell-eval`` (through ``pdex``) computes them on log1p-normalised expression: a
+        two-sided Mann-Whitney U test per gene against the controls, Benjamini-Hochberg FDR
+        over the genes, and the significant genes (``FDR < fdr``) ranked by the absolute
+        log2 fold change of pseudobulks, ``log2(expm1(mean(group)) / expm1(mean(control)))``.
+
+        Returns
+        -------
+        Column positions of the significant genes, in decreasing order of ``|log2 FC|`` (ties
+        keep gene order).
+        """
+        group = np.asarray(group, dtype=np.float64)
+        if group.shape[0] < 1:
+            return np.zeros(0, dtype=np.int64)
+        qvalues = false_discovery_control(self.pvalues(group))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lfc = np.log2(np.expm1(group.mean(axis=0))) - self.log_pseudobulk
+        # a gene silenced in one set has an infinite fold change and ranks first, as in
+        # cell-eval; 0 / 0 (silent in both) is undefined and left out
+        significant = np.flatnonzero((qvalues < fdr) & ~np.isnan(lfc))
+        order = np.argsort(-np.abs(lfc[significant]), kind="stable")
+        return significant[order]
 
 
 def de_overlap(observed_de: np.ndarray, predicted_de: np.ndarray) -> float:

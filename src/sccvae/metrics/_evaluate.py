@@ -28,7 +28,7 @@ from ._core import (
     _select_columns,
     pearson,
 )
-from ._de import de_genes, de_overlap, discrimination_scores
+from ._de import ReferenceCells, de_overlap, discrimination_scores
 from ._distribution import _fit_pca_matrix, _pca_parts, _project, energy_distance, mmd
 
 logger = logging.getLogger(__name__)
@@ -99,6 +99,7 @@ def evaluate(
     source_key: str | None = "control_cell",
     de_fdr: float = 0.05,
     de_metrics: bool = True,
+    cache: dict | None = None,
 ) -> pd.DataFrame:
     """Score predictions against observed cells, one row per perturbation.
 
@@ -146,6 +147,10 @@ def evaluate(
         FDR threshold of the Wilcoxon DE test of ``de_overlap``.
     de_metrics
         Compute ``de_overlap`` (set False to skip the per-gene tests for speed).
+    cache
+        A dict shared by calls that score predictions against the *same* observed and
+        control cells (e.g. the methods of one benchmark fold): the control cells' ranks and
+        the observed DE genes are computed once and reused.
 
     Returns
     -------
@@ -229,7 +234,9 @@ def evaluate(
             pca_mean, comps = _pca_parts(pca, n_genes)
     obs_rows = [np.flatnonzero(obs_codes == i) for i in range(n_p)]
     pred_rows = [np.flatnonzero(pred_codes == i) for i in range(n_p)]
-    control_dense = _dense(x_ctrl) if de_metrics else None
+    cache = {} if cache is None else cache
+    if de_metrics and "de_reference" not in cache:
+        cache["de_reference"] = ReferenceCells(_dense(x_ctrl))
 
     rows = []
     for i, p in enumerate(perts):
@@ -273,8 +280,12 @@ def evaluate(
             "source_corrected": bool(corrected[i]),
         }
         if de_metrics and pred_rows[i].size >= 2:
-            observed_de = de_genes(_dense(x_obs[obs_rows[i]]), control_dense, de_fdr)
-            predicted_de = de_genes(_dense(x_pred[pred_rows[i]]), control_dense, de_fdr)
+            reference = cache["de_reference"]
+            key = ("de_observed", p, de_fdr)
+            if key not in cache:
+                cache[key] = reference.de_genes(_dense(x_obs[obs_rows[i]]), de_fdr)
+            observed_de = cache[key]
+            predicted_de = reference.de_genes(_dense(x_pred[pred_rows[i]]), de_fdr)
             row["de_overlap"] = de_overlap(observed_de, predicted_de)
             row["n_de_observed"] = int(observed_de.size)
         if distribution_metrics:
