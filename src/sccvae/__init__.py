@@ -5,13 +5,29 @@ from __future__ import annotations
 import logging
 from importlib.metadata import PackageNotFoundError, version
 
-from . import baselines, data, metrics, pl, splits
-from ._dataloading import PairedPerturbationSampler, PerturbationDataSplitter
-from ._interpretation import module_recovery_score, perturbation_modules, pseudobulk_modules
-from ._model import SCCVAE
-from ._module import SCCVAEModule
-from ._scm import LatentSCM, build_graph_mask
-from ._training_plan import SCCVAETrainingPlan
+from ._lazy import lazy_attributes
+
+# Public names and the modules defining them, imported on first use: `sccvae --help` and
+# `import sccvae` stay fast, torch is imported when a model is.
+_LAZY = {
+    "baselines": ".baselines",
+    "data": ".data",
+    "metrics": ".metrics",
+    "pl": ".pl",
+    "splits": ".splits",
+    "benchmark": ".benchmark",
+    "PairedPerturbationSampler": "._dataloading",
+    "PerturbationDataSplitter": "._dataloading",
+    "module_recovery_score": "._interpretation",
+    "perturbation_modules": "._interpretation",
+    "pseudobulk_modules": "._interpretation",
+    "SCCVAE": "._model",
+    "SCCVAEModule": "._module",
+    "LatentSCM": "._scm",
+    "build_graph_mask": "._scm",
+    "SCCVAETrainingPlan": "._training_plan",
+}
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
 
 try:
     __version__ = version("sccvae")

@@ -50,8 +50,8 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser of the ``sccvae`` command."""
-    from sccvae._constants import DEFAULT_LEARNING_RATE
-    from sccvae.benchmark import DEFAULT_MAX_EPOCHS, DEFAULT_METHODS, DEFAULT_MODEL_KWARGS, METHODS
+    from sccvae._constants import MODEL_DEFAULTS, TRAIN_DEFAULTS
+    from sccvae.benchmark import DEFAULT_MAX_EPOCHS, DEFAULT_METHODS, METHODS
     from sccvae.data import SIMULATION_SCENARIOS
 
     parser = argparse.ArgumentParser(
@@ -112,7 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--folds", type=_positive_int, default=5, help="folds of the unseen split")
     bench.add_argument(
-        "--max-epochs", type=_positive_int, default=DEFAULT_MAX_EPOCHS, help="SCCVAE epochs"
+        "--max-epochs",
+        type=_positive_int,
+        default=DEFAULT_MAX_EPOCHS,
+        help="SCCVAE epochs; without it, the model's default: as many as give about 3,000 "
+        "optimiser steps (30 on the simulated screen)",
     )
     per_split = "; ".join(f"{split}: {','.join(m)}" for split, m in DEFAULT_METHODS.items())
     bench.add_argument(
@@ -129,21 +133,33 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--n-cells", type=_positive_int, default=100, help="cells predicted per perturbation"
     )
+    genes, abstract = TRAIN_DEFAULTS["genes"], TRAIN_DEFAULTS["abstract"]
     bench.add_argument(
         "--n-latent",
         type=_positive_int,
-        default=DEFAULT_MODEL_KWARGS["n_latent"],
-        help="SCCVAE latent nodes",
+        default=64,
+        help="SCCVAE latent nodes (at least the targets)",
     )
     bench.add_argument(
         "--n-hidden",
         type=_positive_int,
-        default=DEFAULT_MODEL_KWARGS["n_hidden"],
-        help="SCCVAE hidden layer width",
+        default=None,
+        help="SCCVAE hidden layer width; without it the model's: "
+        f"{MODEL_DEFAULTS['genes']['n_hidden']}",
     )
-    bench.add_argument("--batch-size", type=_positive_int, default=32, help="SCCVAE batch size")
     bench.add_argument(
-        "--lr", type=float, default=DEFAULT_LEARNING_RATE, help="SCCVAE learning rate"
+        "--batch-size",
+        type=_positive_int,
+        default=None,
+        help=f"SCCVAE perturbed cells per batch; without it the model's: {genes['batch_size']} "
+        f"(gene nodes), {abstract['batch_size']} (abstract nodes)",
+    )
+    bench.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help=f"SCCVAE learning rate; without it the model's: {genes['lr']} (gene nodes), "
+        f"{abstract['lr']} (abstract nodes)",
     )
     bench.add_argument(
         "--threads",
@@ -191,8 +207,14 @@ def _benchmark(args: argparse.Namespace, parser: argparse.ArgumentParser, argv) 
         verdicts,
     )
 
-    model_kwargs = {"n_latent": args.n_latent, "n_hidden": args.n_hidden}
-    train_kwargs = {"batch_size": args.batch_size, "plan_kwargs": {"lr": args.lr}}
+    model_kwargs = {"n_latent": args.n_latent}
+    if args.n_hidden is not None:
+        model_kwargs["n_hidden"] = args.n_hidden
+    train_kwargs = {}
+    if args.batch_size is not None:
+        train_kwargs["batch_size"] = args.batch_size
+    if args.lr is not None:
+        train_kwargs["plan_kwargs"] = {"lr": args.lr}
     command = command_line(["sccvae", *argv] if argv is not None else None)
     try:
         with _logging(args.quiet), warnings.catch_warnings():

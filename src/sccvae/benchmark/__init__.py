@@ -23,52 +23,32 @@ registry of methods behind one fit / predict protocol), ``_runner`` (the run), `
 Methods: :data:`METHODS`.
 """
 
-from ._data import SIMULATED_COMBINATIONS, load_data
-from ._methods import (
-    DEFAULT_MAX_EPOCHS,
-    DEFAULT_METHODS,
-    DEFAULT_MODEL_KWARGS,
-    METHODS,
-    REGISTRY,
-    Method,
-    default_methods,
-)
-from ._report import (
-    PLOT_METRICS,
-    VERDICT_METRICS,
-    command_line,
-    format_table,
-    plot_metrics,
-    plot_scatter,
-    print_table,
-    verdicts,
-    write_outputs,
-)
-from ._result import BenchmarkInputError, BenchmarkResult
-from ._runner import KEY_METRICS, RunSettings, run_benchmark
+from sccvae._lazy import lazy_attributes
 
-__all__ = [
-    "METHODS",
-    "REGISTRY",
-    "Method",
-    "KEY_METRICS",
-    "PLOT_METRICS",
-    "VERDICT_METRICS",
-    "DEFAULT_MAX_EPOCHS",
-    "DEFAULT_METHODS",
-    "DEFAULT_MODEL_KWARGS",
-    "SIMULATED_COMBINATIONS",
-    "BenchmarkInputError",
-    "BenchmarkResult",
-    "RunSettings",
-    "command_line",
-    "default_methods",
-    "load_data",
-    "run_benchmark",
-    "verdicts",
-    "write_outputs",
-    "format_table",
-    "print_table",
-    "plot_metrics",
-    "plot_scatter",
-]
+_LAZY = {
+    "SIMULATED_COMBINATIONS": "._data",
+    "load_data": "._data",
+    "DEFAULT_MAX_EPOCHS": "._methods",
+    "DEFAULT_METHODS": "._methods",
+    "DEFAULT_MODEL_KWARGS": "._methods",
+    "METHODS": "._methods",
+    "REGISTRY": "._methods",
+    "Method": "._methods",
+    "default_methods": "._methods",
+    "PLOT_METRICS": "._report",
+    "VERDICT_METRICS": "._report",
+    "command_line": "._report",
+    "format_table": "._report",
+    "plot_metrics": "._report",
+    "plot_scatter": "._report",
+    "print_table": "._report",
+    "verdicts": "._report",
+    "write_outputs": "._report",
+    "BenchmarkInputError": "._errors",
+    "BenchmarkResult": "._result",
+    "KEY_METRICS": "._runner",
+    "RunSettings": "._runner",
+    "run_benchmark": "._runner",
+}
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
+__all__ = list(_LAZY)

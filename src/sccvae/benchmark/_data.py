@@ -21,7 +21,7 @@ from sccvae.splits import (
     unseen_perturbation_folds,
 )
 
-from ._result import BenchmarkInputError
+from ._errors import BenchmarkInputError
 
 logger = logging.getLogger(__name__)
 

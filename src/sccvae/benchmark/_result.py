@@ -10,13 +10,7 @@ import pandas as pd
 
 from sccvae.splits import Split
 
-
-class BenchmarkInputError(ValueError):
-    """Bad benchmark input, detected before any training starts."""
-
-
-# ---------------------------------------------------------------------------------------------
-# result
+from ._errors import BenchmarkInputError  # noqa: F401 - re-exported
 
 
 @dataclass

@@ -13,33 +13,35 @@ Public datasets are downloaded on first use (never at import) into a cache direc
 ``path=`` to use a local copy instead.
 """
 
-from ._datasets import (
-    CONTROL_ALIASES,
-    from_replogle,
-    from_scperturb,
-    norman2019,
-    perturbench_devel,
-    recover_counts,
-    replogle2022_k562_essential,
-    standardize_perturbation_labels,
-)
-from ._download import (
-    DATASETS,
-    ChecksumMismatchError,
-    DatasetDownloadError,
-    RemoteFile,
-    download_dataset,
-    get_cache_dir,
-)
-from ._preprocessing import (
-    filter_strong_perturbations,
-    log_normalize_counts,
-    normalize,
-    perturbation_targets,
-    select_genes,
-)
-from ._scenarios import SIMULATION_SCENARIOS
-from ._simulate import simulate_perturbseq
+from sccvae._lazy import lazy_attributes
+
+_LAZY = {
+    **dict.fromkeys(
+        [
+            "CONTROL_ALIASES", "from_replogle", "from_scperturb", "norman2019",
+            "perturbench_devel", "recover_counts", "replogle2022_k562_essential",
+            "standardize_perturbation_labels",
+        ],
+        "._datasets",
+    ),
+    **dict.fromkeys(
+        [
+            "DATASETS", "ChecksumMismatchError", "DatasetDownloadError", "RemoteFile",
+            "download_dataset", "get_cache_dir",
+        ],
+        "._download",
+    ),
+    **dict.fromkeys(
+        [
+            "filter_strong_perturbations", "log_normalize_counts", "normalize",
+            "perturbation_targets", "select_genes",
+        ],
+        "._preprocessing",
+    ),
+    "SIMULATION_SCENARIOS": "._scenarios",
+    "simulate_perturbseq": "._simulate",
+}  # fmt: skip
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
 
 __all__ = [
     "CONTROL_ALIASES",
