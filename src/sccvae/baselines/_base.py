@@ -12,6 +12,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from sccvae._perturbations import (
+    canonical,
     canonical_label,
     check_control_label,
     parse_perturbation,
@@ -192,10 +193,17 @@ class _Baseline:
         """Predicted change for each label (rows), genes as columns."""
         raise NotImplementedError
 
+    def _labels(self, perturbations: str | Sequence[str]) -> list[str]:
+        """The requested labels in canonical form (the package's one labelling rule)."""
+        return [
+            canonical(label, self.control_label_, self.combination_delimiter_)
+            for label in _as_labels(perturbations)
+        ]
+
     def predict_delta(self, perturbations: str | Sequence[str]) -> pd.DataFrame:
         """Predicted mean change from the training control mean (perturbations x genes)."""
         self._check_fitted()
-        labels = _as_labels(perturbations)
+        labels = self._labels(perturbations)
         deltas = self._deltas(labels)
         return pd.DataFrame(
             deltas, index=pd.Index(labels, name="perturbation"), columns=self.var_names_
@@ -215,7 +223,8 @@ class _Baseline:
         ----------
         perturbations
             A label or list of labels (``"A"``, ``"A+B"``; the control label predicts
-            controls). Labels are kept as given in the output.
+            controls). The output holds them in canonical form (whitespace stripped, targets
+            sorted: ``" B + A"`` gives ``"A+B"``).
         n_cells
             Cells per perturbation (ignored with ``return_mean=True``).
         adata
@@ -236,7 +245,7 @@ class _Baseline:
         predictions.
         """
         self._check_fitted()
-        labels = _as_labels(perturbations)
+        labels = self._labels(perturbations)
         deltas = self._deltas(labels)
         key = self.perturbation_key_
         if return_mean:
