@@ -64,3 +64,15 @@ def trained_model():
     model = sccvae.SCCVAE(adata, n_latent=16, n_hidden=64, seed=0)
     model.train(max_epochs=40, enable_progress_bar=False)
     return model
+
+
+@pytest.fixture(scope="session")
+def trained_abstract_model():
+    """The paper's model (abstract latent nodes), trained once for read-only tests."""
+    import sccvae
+
+    adata = make_toy_adata()
+    sccvae.SCCVAE.setup_anndata(adata)
+    model = sccvae.SCCVAE(adata, n_latent=16, n_hidden=64, seed=0, latent_nodes="abstract")
+    model.train(max_epochs=40, enable_progress_bar=False)
+    return model

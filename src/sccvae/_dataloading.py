@@ -206,6 +206,14 @@ class PerturbationDataSplitter(pl.LightningDataModule):
         self.n_train = int(train_idx.size)
         self.n_val = int(val_idx.size)
 
+    def batches_per_epoch(self) -> int:
+        """Minibatches in one training epoch."""
+        return len(
+            PairedPerturbationSampler(
+                self.perturbation_codes[self.train_idx], self.is_control[self.train_idx], self.batch_size
+            )
+        )
+
     def _loader(self, indices: np.ndarray, shuffle: bool) -> PairedPerturbationDataLoader:
         sampler = PairedPerturbationSampler(
             self.perturbation_codes[indices],

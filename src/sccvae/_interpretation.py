@@ -1,8 +1,9 @@
-"""Functional modules of perturbations, from the model's latent space or from observed data.
+"""Reading a trained model: perturbation latents, functional modules and the learned graph.
 
 The paper clusters perturbations by the mean of their latent causal variables (or by their
-shift ``c_p a_p``) and finds functional modules (ribosome, proteasome, Mediator, ...). The
-functions here do that for a trained :class:`~sccvae.SCCVAE`, do the same clustering on the
+shift ``c_p a_p``) and finds functional modules (ribosome, proteasome, Mediator, ...).
+:class:`InterpretationMixin` gives :class:`~sccvae.SCCVAE` its interpretation methods; the
+functions here cluster a trained model's perturbations, do the same clustering on the
 observed pseudobulk changes (the model-free comparison), and score a clustering against
 known modules.
 """
@@ -13,31 +14,153 @@ import importlib.util
 import logging
 import warnings
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import anndata as ad
+import networkx as nx
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+import torch
 
-from ._perturbations import perturbation_labels
-
-if TYPE_CHECKING:
-    from ._model import SCCVAE
+from ._constants import REGISTRY_KEYS
+from ._interventions import build_intervention
+from ._perturbations import canonical_label, perturbation_labels
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["perturbation_modules", "pseudobulk_modules", "module_recovery_score"]
+__all__ = ["InterpretationMixin", "perturbation_modules", "pseudobulk_modules", "module_recovery_score"]
 
 ClusterMethod = Literal["leiden", "louvain"]
+ModuleRepresentation = Literal["auto", "shift", "causal", "decoded"]
 _CHUNK = 8192
 
 
+class InterpretationMixin:
+    """``get_perturbation_latents``, ``perturbation_modules`` and ``get_graph`` for SCCVAE."""
+
+    def _training_perturbations(self) -> list[str]:
+        labels = self.adata_manager.get_state_registry(REGISTRY_KEYS.PERTURBATION_KEY).categorical_mapping
+        canonical = [
+            canonical_label(self._parse(str(label)), self.control_label_, self.combination_delimiter_)
+            for label in labels
+        ]
+        return list(dict.fromkeys(c for c in canonical if c != self.control_label_))
+
+    @torch.inference_mode()
+    def get_perturbation_latents(
+        self,
+        perturbations: Sequence[str] | None = None,
+        n_cells: int = 500,
+        adata: ad.AnnData | None = None,
+        seed: int | None = None,
+    ) -> ad.AnnData:
+        """One row per perturbation describing its intervention in the latent space.
+
+        Parameters
+        ----------
+        perturbations
+            Labels (seen, unseen or combinations); all training perturbations if ``None``.
+        n_cells
+            Control cells averaged over for the mean causal latent and the decoded change.
+        adata, seed
+            Source of control cells and seed of their draw.
+
+        Returns
+        -------
+        AnnData with ``X`` = mean causal latent ``u`` of the perturbed cells (nodes as
+        ``var_names``: gene names for gene nodes), ``obsm["shift"]`` = ``sum_t c_t a_t`` (the
+        targets' own shifts), ``obsm["shared_shift"]`` = ``(sum_t gamma_t) s``,
+        ``obsm["target_distribution"]`` = the average over the targets of where their own
+        shift goes (each node's share of its squared shift; a one-hot row for a node gene),
+        ``obsm["decoded_change"]`` = mean decoded expression under the perturbation minus
+        without it (genes, log-normalised scale), ``obs["magnitude"]`` (sum of the targets'
+        ``c_t``), ``obs["n_targets"]``, ``obs["seen"]``; ``uns["control_causal_mean"]`` is
+        the mean ``u`` of unperturbed cells, the reference point of the shifts, and
+        ``uns["genes"]`` the columns of ``decoded_change``.
+        """
+        perturbations = self._training_perturbations() if perturbations is None else self._canonical_labels(perturbations)
+        self._check_if_trained(warn=True)
+        self.module.eval()
+        module = self.module
+        intervention = build_intervention(self, perturbations)
+        weights, targets = intervention.weights, intervention.targets
+        z, _, _, _ = self._encode_controls(adata, n_cells, seed, sample=False)
+        per_target = module.target_shifts(targets)
+        own = weights @ per_target
+        shared = (weights @ targets["shared_strength"])[:, None] * module.shared_shift
+        squared = per_target**2
+        shares = squared / squared.sum(dim=1, keepdim=True).clamp_min(1e-12)
+        n_targets = weights.sum(dim=1, keepdim=True).clamp_min(1.0)
+        u0 = module.scm(z)
+        control_decoded = module.decode(u0).mean(0)
+        causal, decoded = [], []
+        for row in range(len(perturbations)):
+            u = module.scm(z, (own[row] + shared[row]).expand_as(z))
+            causal.append(u.mean(0))
+            decoded.append(module.decode(u).mean(0) - control_decoded)
+        obs = pd.DataFrame(
+            {
+                self.perturbation_key_: perturbations,
+                "magnitude": (weights @ targets["magnitude"]).cpu().numpy(),
+                "n_targets": weights.sum(dim=1).cpu().numpy().astype(int),
+                "seen": intervention.seen,
+            },
+            index=pd.Index(perturbations).astype(str),
+        )
+        result = ad.AnnData(
+            torch.stack(causal).cpu().numpy().astype(np.float32),
+            obs=obs,
+            var=pd.DataFrame(index=self.latent_node_names_),
+        )
+        result.obsm["shift"] = own.cpu().numpy()
+        result.obsm["shared_shift"] = shared.cpu().numpy()
+        result.obsm["target_distribution"] = ((weights @ shares) / n_targets).cpu().numpy()
+        result.obsm["decoded_change"] = torch.stack(decoded).cpu().numpy()
+        result.uns["control_causal_mean"] = u0.mean(0).cpu().numpy()
+        result.uns["genes"] = np.asarray(self.var_names_)
+        return result
+
+    def perturbation_modules(
+        self,
+        perturbations: Sequence[str] | None = None,
+        resolution: float = 1.0,
+        use: ModuleRepresentation = "auto",
+        **kwargs,
+    ) -> ad.AnnData:
+        """Cluster perturbations into functional modules by their modelled effects.
+
+        One row per perturbation (training perturbations by default; pass labels to include
+        unseen ones) with a neighbour graph, a UMAP and ``obs["module"]`` (leiden). See
+        :func:`sccvae.perturbation_modules` for all options.
+        """
+        return perturbation_modules(self, perturbations=perturbations, resolution=resolution, use=use, **kwargs)
+
+    def get_graph(self, threshold: float = 0.0) -> nx.DiGraph:
+        """Learned edges between latent nodes with ``|weight| > threshold``.
+
+        Returns
+        -------
+        :class:`networkx.DiGraph` over ``latent_node_names_`` (gene names for gene nodes)
+        with a ``weight`` on each edge.
+        """
+        adjacency = self.module.scm.adjacency.detach().cpu().numpy()
+        graph = nx.DiGraph()
+        graph.add_nodes_from(self.latent_node_names_)
+        allowed = self.module.scm.mask.cpu().numpy() > 0
+        sources, targets = np.nonzero((np.abs(adjacency) > threshold) & allowed)
+        names = self.latent_node_names_
+        graph.add_weighted_edges_from(
+            (names[s], names[t], float(adjacency[s, t])) for s, t in zip(sources, targets, strict=True)
+        )
+        return graph
+
+
 def perturbation_modules(
-    model: SCCVAE,
+    model,
     perturbations: Sequence[str] | None = None,
     resolution: float = 1.0,
-    use: Literal["shift", "causal"] = "shift",
+    use: ModuleRepresentation = "auto",
     include_unseen: bool | None = None,
     n_neighbors: int = 10,
     method: ClusterMethod = "leiden",
@@ -50,10 +173,11 @@ def perturbation_modules(
     """Cluster perturbations into functional modules by their effect in the latent space.
 
     Builds :meth:`~sccvae.SCCVAE.get_perturbation_latents` (one row per perturbation), takes
-    either the latent shift ``sum_t c_t a_t`` (``use="shift"``) or the mean causal state
-    minus that of unperturbed cells (``use="causal"``), and runs a k-nearest-neighbour graph,
-    a UMAP and Leiden (or Louvain) community detection on it, as the paper does to find
-    functional modules.
+    the latent shift ``sum_t c_t a_t`` (``use="shift"``), the mean causal state minus that of
+    unperturbed cells (``use="causal"``) or the decoded change of expression
+    (``use="decoded"``, reduced by PCA), and runs a k-nearest-neighbour graph, a UMAP and
+    Leiden (or Louvain) community detection on it, as the paper does to find functional
+    modules.
 
     Parameters
     ----------
@@ -68,7 +192,10 @@ def perturbation_modules(
     use
         ``"shift"``: the intervention in the exogenous space, ``sum_t c_t a_t``;
         ``"causal"``: its propagated effect, the mean causal latent ``u`` of the perturbed
-        cells minus that of unperturbed cells.
+        cells minus that of unperturbed cells; ``"decoded"``: the change of decoded
+        expression; ``"auto"`` (default): ``"decoded"`` with gene nodes (a node gene's own
+        shift is a one-hot vector and says nothing about the pathway), ``"shift"`` with
+        abstract nodes (the paper's choice).
     include_unseen
         Keep labels of ``perturbations`` whose targets were not seen in training. ``None``
         (default) keeps them; ``False`` drops them with a log message.
@@ -97,8 +224,10 @@ def perturbation_modules(
     labels), ``obs["seen"]``, ``obs["magnitude"]``, ``obs["n_targets"]``; the neighbour graph in
     ``obsp`` and the parameters in ``uns["modules"]``.
     """
-    if use not in ("shift", "causal"):
-        raise ValueError(f"use must be 'shift' or 'causal', got {use!r}.")
+    if use not in ("auto", "shift", "causal", "decoded"):
+        raise ValueError(f"use must be 'auto', 'shift', 'causal' or 'decoded', got {use!r}.")
+    if use == "auto":
+        use = "decoded" if model.latent_nodes_ == "genes" else "shift"
     if perturbations is not None:
         perturbations = (
             [perturbations] if isinstance(perturbations, str) else [str(p) for p in perturbations]
@@ -119,7 +248,10 @@ def perturbation_modules(
         np.asarray(latents.X, dtype=np.float32)
         - np.asarray(latents.uns["control_causal_mean"], dtype=np.float32)[None, :]
     )
-    rep = "shift" if use == "shift" else "causal_change"
+    if use == "decoded":
+        n_comps = int(max(1, min(50, latents.n_obs - 1)))
+        latents.obsm["X_pca"] = _pca(np.asarray(latents.obsm["decoded_change"]), n_comps, seed)
+    rep = {"shift": "shift", "causal": "causal_change", "decoded": "X_pca"}[use]
     used = _cluster(latents, rep, resolution, n_neighbors, method, seed, metric, key_added)
     latents.uns["modules"] = {
         "use": use,

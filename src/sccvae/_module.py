@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 Likelihood = Literal["gaussian", "nb"]
 
-# Counts are put on a log scale of this many counts per cell before the encoder and the MMD.
+# Counts are put on a log scale of this many counts per cell (log-normalised expression).
 _NB_SCALE_FACTOR = 1e4
 
 
@@ -30,9 +30,24 @@ class SCCVAEModule(BaseModuleClass):
     """Causal VAE: exogenous encoder, shift interventions, latent SCM, decoder.
 
     A minibatch holds perturbed cells of one perturbation and as many control cells. The
-    control cells are encoded to exogenous noise ``z``; the perturbation's targets give the
-    shift ``sum_t c_t softmax(f(e_t))``; the latent SCM propagates ``z + shift`` to causal
-    variables ``u``; the decoder maps ``u`` to expression, compared with the perturbed cells.
+    control cells are encoded to exogenous noise ``z``; the perturbation's targets give a
+    shift; the latent SCM propagates ``z + shift`` to causal variables ``u``; the decoder
+    maps ``u`` to expression, compared with the perturbed cells.
+
+    Two kinds of latent nodes:
+
+    - **gene nodes** (``node_genes`` given): node ``j`` stands for gene ``node_genes[j]``,
+      its value is that gene's standardised expression ``(x - center) / scale``. The decoder
+      reads node genes directly off their nodes and decodes the other genes from all nodes;
+      the node values of control cells are tied to their genes by ``node_weight``. A
+      perturbation of a node gene shifts its own node by ``c_t``.
+    - **abstract nodes** (the paper's model): the decoder maps all nodes to all genes and a
+      target shifts ``c_t softmax(f(e_t) / T)``, a soft choice of nodes from its embedding.
+
+    In both, a target that is not a node gene (e.g. an unmeasured gene) takes the
+    perturbation encoder's softmax, and every target adds ``gamma_t s``: a learned shift
+    shared by all perturbations (the response common to all of them), with a strength of its
+    own. Shifts of a combination add before propagation.
 
     Parameters
     ----------
@@ -45,6 +60,16 @@ class SCCVAEModule(BaseModuleClass):
         perturbation label switches on (all-zero row for the control label).
     target_embedding
         ``n_targets x k`` embedding of each training target.
+    node_genes
+        Gene (column) index of each latent node, or ``None`` for abstract nodes.
+    target_nodes
+        Node of each training target, ``-1`` for targets that are not node genes.
+    gene_center, gene_scale
+        Per-gene centre and scale of the standardised expression the model works in
+        (control mean and standard deviation for gene nodes; 0 and 1, the raw scale, for
+        abstract nodes).
+    initial_magnitude
+        Initial ``c_t`` of every training target (a number or one per target).
     n_hidden, n_layers
         Width and depth of encoder and decoder.
     n_hidden_perturbation
@@ -52,25 +77,21 @@ class SCCVAEModule(BaseModuleClass):
     dropout_rate
         Dropout in encoder and decoder.
     likelihood
-        ``"gaussian"`` (mean squared error on log-normalised data) or ``"nb"``
-        (negative binomial on counts with the observed library size).
+        ``"gaussian"`` (squared error on log-normalised data) or ``"nb"`` (negative binomial
+        on counts with the observed library size).
     mmd_weight, control_reconstruction_weight
-        ``alpha`` and ``lambda`` of the loss.
-    init_magnitude
-        Initial shift magnitude ``c_t`` of every target (the reference uses 1).
+        ``alpha`` and ``lambda`` of the paper's loss.
+    node_weight
+        Weight of the squared error between control cells' node values and their genes.
+    mean_weight
+        Weight of the squared error between the mean of a batch's predicted cells and the
+        mean of its observed perturbed cells.
     target_temperature
-        Temperature of the softmax over latent nodes. Below 1 it sharpens the initial
-        choice of nodes and speeds up learning which nodes a target moves; 1 is the reference.
-    target_shift
-        How a training target's shift profile ``a_t`` is parameterised: ``"softmax"``, the
-        perturbation encoder's softmax over latent nodes ``softmax(f(e_t) / T)`` (the paper's
-        mechanism), or ``"vector"``, a free unit vector per training target (any direction,
-        both signs). The perturbation encoder is not used with ``"vector"``.
-    use_target_direction
-        Add to each target's shift a learned step ``s_t`` along ``d_t``, the latent direction
-        in which the target gene's expression varies among control cells (a buffer the model
-        keeps up to date, see :meth:`sccvae.SCCVAE.train`). ``d_t`` comes from the model
-        itself, so it exists for unseen measured genes too.
+        Temperature of the softmax over latent nodes.
+    linear_decoder
+        Add a linear map from nodes to decoded genes beside the decoder network.
+    shared_response
+        Learn the shift shared by all perturbations (else it stays zero).
     seed
         Seed of the initial SCM weights.
     """
@@ -81,6 +102,11 @@ class SCCVAEModule(BaseModuleClass):
         graph_mask: np.ndarray,
         label_targets: np.ndarray,
         target_embedding: np.ndarray,
+        node_genes: np.ndarray | None = None,
+        target_nodes: np.ndarray | None = None,
+        gene_center: np.ndarray | None = None,
+        gene_scale: np.ndarray | None = None,
+        initial_magnitude: float | np.ndarray = 3.0,
         n_hidden: int = 256,
         n_layers: int = 2,
         n_hidden_perturbation: int = 128,
@@ -88,52 +114,54 @@ class SCCVAEModule(BaseModuleClass):
         likelihood: Likelihood = "gaussian",
         mmd_weight: float = 10.0,
         control_reconstruction_weight: float = 0.25,
-        init_magnitude: float = 3.0,
+        node_weight: float = 10.0,
+        mean_weight: float = 10.0,
         target_temperature: float = 0.2,
-        target_shift: Literal["softmax", "vector"] = "softmax",
-        use_target_direction: bool = False,
+        linear_decoder: bool = False,
+        shared_response: bool = True,
         seed: int = 0,
     ):
         super().__init__()
         if likelihood not in ("gaussian", "nb"):
             raise ValueError(f"likelihood must be 'gaussian' or 'nb', got {likelihood!r}.")
+        if target_temperature <= 0:
+            raise ValueError(f"target_temperature must be positive, got {target_temperature}.")
         n_latent = int(np.asarray(graph_mask).shape[0])
         self.n_input = n_input
         self.n_latent = n_latent
         self.likelihood = likelihood
         self.mmd_weight = mmd_weight
         self.control_reconstruction_weight = control_reconstruction_weight
-        if target_temperature <= 0:
-            raise ValueError(f"target_temperature must be positive, got {target_temperature}.")
+        self.node_weight = node_weight
+        self.mean_weight = mean_weight
         self.target_temperature = target_temperature
-        if target_shift not in ("softmax", "vector"):
-            raise ValueError(f"target_shift must be 'softmax' or 'vector', got {target_shift!r}.")
-        self.target_shift = target_shift
 
         label_targets = torch.as_tensor(np.asarray(label_targets), dtype=torch.float32)
         target_embedding = torch.as_tensor(np.asarray(target_embedding), dtype=torch.float32)
+        n_targets, embedding_dim = target_embedding.shape
         self.register_buffer("label_targets", label_targets)
         self.register_buffer("label_is_control", label_targets.sum(dim=1) == 0)
         self.register_buffer("target_embedding", target_embedding)
-        n_targets, embedding_dim = target_embedding.shape
-        # Predicts the magnitude of targets absent from training from their embedding; fitted
-        # after training on the learned magnitudes (see SCCVAE.train), zero-slope until then.
+        self.gene_nodes = node_genes is not None
+        genes = np.arange(n_latent) if node_genes is None else np.asarray(node_genes, dtype=np.int64)
+        if self.gene_nodes and genes.shape != (n_latent,):
+            raise ValueError(f"node_genes must name one gene per latent node ({n_latent}).")
+        other = np.setdiff1d(np.arange(n_input), genes) if self.gene_nodes else np.arange(n_input)
+        self.register_buffer("node_genes", torch.as_tensor(genes, dtype=torch.long))
+        self.register_buffer("other_genes", torch.as_tensor(other, dtype=torch.long))
+        nodes = np.full(n_targets, -1) if target_nodes is None else np.asarray(target_nodes)
+        self.register_buffer("target_nodes", torch.as_tensor(nodes, dtype=torch.long))
+        center = np.zeros(n_input) if gene_center is None else np.asarray(gene_center)
+        scale = np.ones(n_input) if gene_scale is None else np.asarray(gene_scale)
+        self.register_buffer("gene_center", torch.as_tensor(center, dtype=torch.float32))
+        self.register_buffer("gene_scale", torch.as_tensor(scale, dtype=torch.float32))
+        # Magnitude of targets absent from training that are not node genes, from their
+        # embedding: fitted after training on the learned magnitudes (SCCVAE.train).
+        initial = np.broadcast_to(np.asarray(initial_magnitude, dtype=np.float32), (n_targets,))
         self.register_buffer("magnitude_coef", torch.zeros(embedding_dim))
-        self.register_buffer("magnitude_intercept", torch.tensor(float(init_magnitude)))
-        self.use_target_direction = use_target_direction
-        self.register_buffer("target_direction", torch.zeros(n_targets, n_latent))
-        self.register_buffer("direction_step_coef", torch.zeros(embedding_dim))
-        self.register_buffer("direction_step_intercept", torch.zeros(()))
-        # Ridge map from embedding to the whole shift c_t a_t of a target, fitted on the
-        # training targets after training (SCCVAE.fit_magnitude_map).
-        self.register_buffer("shift_map_coef", torch.zeros(embedding_dim, n_latent))
-        self.register_buffer("shift_map_intercept", torch.zeros(n_latent))
+        self.register_buffer("magnitude_intercept", torch.tensor(float(np.mean(initial))))
 
-        mlp_kwargs = {
-            "use_batch_norm": False,
-            "use_layer_norm": True,
-            "activation_fn": nn.LeakyReLU,
-        }
+        mlp_kwargs = {"use_batch_norm": False, "use_layer_norm": True, "activation_fn": nn.LeakyReLU}
         self.encoder = Encoder(
             n_input,
             n_latent,
@@ -148,91 +176,80 @@ class SCCVAEModule(BaseModuleClass):
             FCLayers(embedding_dim, n_hidden_perturbation, n_layers=1, dropout_rate=0.0, **mlp_kwargs),
             nn.Linear(n_hidden_perturbation, n_latent),
         )
-        self.magnitude = nn.Parameter(torch.full((n_targets,), float(init_magnitude)))
-        # "vector": every training target owns its shift direction, so perturbations are told
-        # apart from the first step (the softmax can collapse onto the same nodes). Drawn from
-        # its own generator: the other initial weights stay those of the "softmax" model.
-        if target_shift == "vector":
-            generator = torch.Generator().manual_seed(seed)
-            initial_vectors = torch.randn(n_targets, n_latent, generator=generator) / np.sqrt(n_latent)
-        else:
-            initial_vectors = torch.zeros(n_targets, n_latent)
-        self.shift_vector = nn.Parameter(initial_vectors, requires_grad=target_shift == "vector")
-        self.direction_step = nn.Parameter(torch.zeros(n_targets), requires_grad=use_target_direction)
+        self.magnitude = nn.Parameter(torch.as_tensor(initial.copy()))
+        self.shared_shift = nn.Parameter(torch.zeros(n_latent), requires_grad=shared_response)
+        self.shared_strength = nn.Parameter(torch.ones(n_targets), requires_grad=shared_response)
         self.scm = LatentSCM(graph_mask, seed=seed)
         self.decoder_body = FCLayers(
             n_latent, n_hidden, n_layers=n_layers, n_hidden=n_hidden, dropout_rate=dropout_rate, **mlp_kwargs
         )
-        self.decoder_out = nn.Linear(n_hidden, n_input)
+        self.decoder_out = nn.Linear(n_hidden, len(other))
+        self.decoder_linear = nn.Linear(n_latent, len(other)) if linear_decoder else None
         if likelihood == "nb":
             self.log_dispersion = nn.Parameter(torch.zeros(n_input))
 
     # ----------------------------------------------------------------- interventions
     def target_distribution(self, target_embedding: torch.Tensor | None = None) -> torch.Tensor:
-        """Soft choice of latent nodes for each target: ``softmax(f(e_t))``, ``targets x d``."""
+        """Soft choice of latent nodes from an embedding: ``softmax(f(e_t) / T)``, ``targets x d``."""
         embedding = self.target_embedding if target_embedding is None else target_embedding
         return torch.softmax(self.perturbation_encoder(embedding) / self.target_temperature, dim=-1)
 
-    def target_profile(self) -> torch.Tensor:
-        """Shift profile ``a_t`` of the training targets, ``targets x d``.
+    def target_profile(self, nodes: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        """Where each target's own shift goes, ``targets x d``.
 
-        The softmax over nodes, or with ``target_shift="vector"`` each target's unit vector.
+        A node gene's own node (one-hot); the perturbation encoder's softmax for the others.
         """
-        if self.target_shift == "vector":
-            return F.normalize(self.shift_vector, dim=1)
-        return self.target_distribution()
+        softmax = self.target_distribution(embedding)
+        own = F.one_hot(nodes.clamp_min(0), self.n_latent).to(softmax.dtype)
+        return torch.where((nodes >= 0)[:, None], own, softmax)
 
     def predicted_magnitude(self, target_embedding: torch.Tensor) -> torch.Tensor:
-        """Shift magnitude of targets not seen in training, from their embedding."""
+        """Shift magnitude of targets not seen in training and not node genes, from their embedding."""
         return target_embedding @ self.magnitude_coef + self.magnitude_intercept
-
-    def predicted_direction_step(self, target_embedding: torch.Tensor) -> torch.Tensor:
-        """Step along the expression direction for targets not seen in training."""
-        return target_embedding @ self.direction_step_coef + self.direction_step_intercept
-
-    def predicted_shift(self, target_embedding: torch.Tensor) -> torch.Tensor:
-        """Shift ``c_t a_t`` of targets not seen in training, by the ridge map on the embedding."""
-        return target_embedding @ self.shift_map_coef + self.shift_map_intercept
 
     def training_targets(self) -> dict[str, torch.Tensor]:
         """The description of the training targets that :meth:`shift` uses by default."""
         return {
+            "node": self.target_nodes,
             "embedding": self.target_embedding,
-            "profile": self.target_profile(),
             "magnitude": self.magnitude,
-            "direction": self.target_direction,
-            "direction_step": self.direction_step,
+            "shared_strength": self.shared_strength,
         }
 
     def target_shifts(self, targets: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Each target's own shift ``c_t a_t`` (``targets x d``), without the direction step.
+        """Each target's own shift ``c_t a_t`` (``targets x d``), without the shared shift.
 
-        ``targets`` as in :meth:`shift`: rows flagged by ``use_fixed_shift`` take
-        ``fixed_shift``; ``a_t`` is ``profile`` or, if absent, the softmax of the embedding.
+        ``targets`` as in :meth:`shift`; an optional ``profile`` gives ``a_t`` directly.
         """
         profile = targets.get("profile")
         if profile is None:
-            profile = self.target_distribution(targets["embedding"])
-        per_target = targets["magnitude"][:, None] * profile
-        if "use_fixed_shift" in targets:
-            per_target = torch.where(targets["use_fixed_shift"][:, None], targets["fixed_shift"], per_target)
-        return per_target
+            profile = self.target_profile(targets["node"], targets["embedding"])
+        return targets["magnitude"][:, None] * profile
 
     def shift(self, target_weights: torch.Tensor, targets: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """Latent shift ``sum_t w_t (c_t a_t + s_t d_t)`` per row of ``target_weights`` (cells x targets).
+        """Latent shift ``sum_t w_t (c_t a_t + gamma_t s)`` per row of ``target_weights``.
 
-        ``targets`` describes the columns of ``target_weights`` (keys ``embedding``,
-        ``magnitude``, optionally ``profile`` (``a_t``; else the softmax of the embedding) and, with ``use_target_direction``, ``direction`` and
-        ``direction_step``); the training targets if ``None``. Pass another description to
-        intervene on any targets (e.g. unseen genes) or to scale a knock-down. Rows flagged
-        by an optional boolean ``use_fixed_shift`` take ``fixed_shift`` instead of
-        ``c_t a_t`` (unseen targets with ``unseen_shift="ridge"``).
+        ``target_weights`` is cells (or perturbations) x targets; ``targets`` describes its
+        columns with the keys ``node`` (node of a node-gene target, else -1),
+        ``embedding``, ``magnitude`` (``c_t``), ``shared_strength`` (``gamma_t``) and
+        optionally ``profile`` (``a_t``, see :mod:`sccvae._interventions`); the
+        training targets if ``None``. Pass another description to intervene on any targets
+        (e.g. unseen genes) or to scale a knock-down.
         """
         targets = self.training_targets() if targets is None else targets
-        per_target = self.target_shifts(targets)
-        if self.use_target_direction:
-            per_target = per_target + targets["direction_step"][:, None] * targets["direction"]
+        per_target = self.target_shifts(targets) + targets["shared_strength"][:, None] * self.shared_shift
         return target_weights @ per_target
+
+    # ----------------------------------------------------------------- scales
+    def log_expression(self, x: torch.Tensor) -> torch.Tensor:
+        """The cells' expression on the log-normalised scale (counts are normalised first)."""
+        if self.likelihood == "nb":
+            return torch.log1p(_NB_SCALE_FACTOR * x / x.sum(dim=1, keepdim=True).clamp_min(1.0))
+        return x
+
+    def standardize(self, x: torch.Tensor) -> torch.Tensor:
+        """Observed cells on the model's standardised scale."""
+        return (self.log_expression(x) - self.gene_center) / self.gene_scale
 
     # ----------------------------------------------------------------- scvi interface
     def _split_batch(self, tensors: dict[str, torch.Tensor]):
@@ -246,14 +263,12 @@ class SCCVAEModule(BaseModuleClass):
         return control_x, perturbed_x[:n_pairs], perturbed_labels[:n_pairs]
 
     def _get_inference_input(self, tensors: dict[str, torch.Tensor], **kwargs) -> dict:
-        control_x, perturbed_x, perturbed_labels = self._split_batch(tensors)
+        control_x, _, _ = self._split_batch(tensors)
         return {"x": control_x}
 
     def _get_generative_input(self, tensors, inference_outputs, **kwargs) -> dict:
         control_x, perturbed_x, perturbed_labels = self._split_batch(tensors)
-        weights = torch.zeros(
-            control_x.shape[0], self.label_targets.shape[1], device=control_x.device
-        )
+        weights = torch.zeros(control_x.shape[0], self.label_targets.shape[1], device=control_x.device)
         weights[: perturbed_labels.shape[0]] = self.label_targets[perturbed_labels]
         return {
             "z": inference_outputs["z"],
@@ -269,23 +284,29 @@ class SCCVAEModule(BaseModuleClass):
             library[: perturbed_x.shape[0]] = perturbed_x.sum(dim=1, keepdim=True)
         return library
 
-    def _encoder_input(self, x: torch.Tensor) -> torch.Tensor:
-        if self.likelihood == "nb":
-            return torch.log1p(_NB_SCALE_FACTOR * x / x.sum(dim=1, keepdim=True).clamp_min(1.0))
-        return x
-
     @auto_move_data
     def inference(self, x: torch.Tensor, n_samples: int = 1) -> dict:
         """Encode control cells to the exogenous posterior ``q(z | x)`` and a sample of it."""
-        qz, z = self.encoder(self._encoder_input(x))
+        qz, z = self.encoder(self.standardize(x))
         if n_samples > 1:
             z = qz.rsample((n_samples,))
         return {"qz": qz, "z": z}
 
     def decode(self, u: torch.Tensor) -> torch.Tensor:
-        """Decoder output: mean log-expression (gaussian) or expression proportions (nb)."""
-        out = self.decoder_out(self.decoder_body(u))
-        return torch.softmax(out, dim=-1) if self.likelihood == "nb" else out
+        """Decoded expression on the log-normalised scale.
+
+        Node genes are read off their nodes; the other genes come from the decoder network.
+        """
+        decoded = self.decoder_out(self.decoder_body(u))
+        if self.decoder_linear is not None:
+            decoded = decoded + self.decoder_linear(u)
+        if self.gene_nodes:
+            standardized = u.new_empty(u.shape[0], self.n_input)
+            standardized[:, self.node_genes] = u
+            standardized[:, self.other_genes] = decoded
+        else:
+            standardized = decoded
+        return self.gene_center + self.gene_scale * standardized
 
     @auto_move_data
     def generative(
@@ -309,22 +330,20 @@ class SCCVAEModule(BaseModuleClass):
         }
 
     def expression_mean(self, decoded: torch.Tensor, library: torch.Tensor | None) -> torch.Tensor:
-        """Decoder output in the input's space (log-normalised values or expected counts)."""
+        """Decoded expression in the input's space (log-normalised values or expected counts)."""
         if self.likelihood == "nb":
-            return decoded * library
+            return _counts(decoded, library)
         return decoded
 
-    def abduct(
-        self, source: torch.Tensor, prediction: torch.Tensor, control_prediction: torch.Tensor
-    ) -> torch.Tensor:
+    def abduct(self, source: torch.Tensor, prediction: torch.Tensor, control_prediction: torch.Tensor) -> torch.Tensor:
         """Counterfactual of an observed control cell that keeps its own residual.
 
         With ``x = g(u0) + noise`` the counterfactual under the intervention is ``g(u) + noise``
         = ``x + g(u) - g(u0)`` (abduction of the observation noise). For ``"nb"`` the cell's
-        counts are scaled by the ratio of predicted expression proportions ``g(u) / g(u0)``.
+        counts are scaled by the ratio of the decoded expected counts.
         """
         if self.likelihood == "nb":
-            return source * prediction / control_prediction.clamp_min(1e-10)
+            return source * _counts(prediction, None) / _counts(control_prediction, None).clamp_min(1e-10)
         return source + prediction - control_prediction
 
     def loss(
@@ -334,7 +353,14 @@ class SCCVAEModule(BaseModuleClass):
         generative_outputs: dict,
         kl_weight: float = 1.0,
     ) -> LossOutput:
-        """MSE (or NB NLL) + alpha * MMD + beta * KL + lambda * control reconstruction."""
+        """The paper's loss, plus the batch-mean and node terms.
+
+        ``MSE + alpha * MMD + beta * KL + lambda * control reconstruction`` (MSE between
+        unpaired predicted and observed perturbed cells; NB NLL for counts), ``+ mean_weight *
+        MSE(mean predicted, mean observed)`` and, with gene nodes, ``+ node_weight *
+        MSE(node values, node genes)`` of the control cells. Squared errors are on the
+        standardised scale.
+        """
         control_x, perturbed_x, _ = self._split_batch(tensors)
         n_pairs = perturbed_x.shape[0]
         prediction = generative_outputs["prediction"]
@@ -343,18 +369,28 @@ class SCCVAEModule(BaseModuleClass):
 
         kl_per_cell = kl_divergence(qz, Normal(torch.zeros_like(qz.loc), torch.ones_like(qz.scale))).mean(-1)
         control_rec = self._reconstruction(control_prediction, control_x)
+        node_rec = torch.zeros_like(control_rec)
+        if self.gene_nodes:
+            observed_nodes = self.standardize(control_x)[:, self.node_genes]
+            node_rec = F.mse_loss(generative_outputs["u_control"], observed_nodes, reduction="none").mean(dim=1)
         perturbed_rec = torch.zeros_like(control_rec)
-        mmd = torch.zeros((), device=control_x.device)
+        zero = torch.zeros((), device=control_x.device)
+        mmd, mean_error = zero, zero
         if n_pairs > 0:
             perturbed_rec[:n_pairs] = self._reconstruction(prediction[:n_pairs], perturbed_x)
-            if n_pairs > 1:
-                mmd = mmd_rbf(self._mmd_space(prediction[:n_pairs]), self._mmd_space(perturbed_x, observed=True))
-        perturbed_term = perturbed_rec[:n_pairs].mean() if n_pairs > 0 else mmd
+            predicted = self._standardized_prediction(prediction[:n_pairs])
+            observed = self.standardize(perturbed_x)
+            mean_error = F.mse_loss(predicted.mean(dim=0), observed.mean(dim=0))
+            if n_pairs > 1 and self.mmd_weight > 0:
+                mmd = mmd_rbf(predicted, observed)
+        perturbed_term = perturbed_rec[:n_pairs].mean() if n_pairs > 0 else zero
         total = (
             perturbed_term
             + self.mmd_weight * mmd
+            + self.mean_weight * mean_error
             + kl_weight * kl_per_cell.mean()
             + self.control_reconstruction_weight * control_rec.mean()
+            + self.node_weight * node_rec.mean()
         )
         return LossOutput(
             loss=total,
@@ -363,25 +399,23 @@ class SCCVAEModule(BaseModuleClass):
             extra_metrics={
                 "perturbed_reconstruction": perturbed_term.detach(),
                 "mmd": mmd.detach(),
+                "mean_error": mean_error.detach(),
                 "kl": kl_per_cell.mean().detach(),
                 "control_reconstruction": control_rec.mean().detach(),
+                "node_reconstruction": node_rec.mean().detach(),
             },
         )
 
-    def _reconstruction(self, decoded: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
-        """Per-cell reconstruction error, averaged over genes (the reference's MSE scale)."""
-        if self.likelihood == "gaussian":
-            return F.mse_loss(decoded, observed, reduction="none").mean(dim=1)
-        library = observed.sum(dim=1, keepdim=True)
-        nb = NegativeBinomial(mu=decoded * library, theta=self.log_dispersion.exp())
-        return -nb.log_prob(observed).mean(dim=1)
+    def _standardized_prediction(self, decoded: torch.Tensor) -> torch.Tensor:
+        return (decoded - self.gene_center) / self.gene_scale
 
-    def _mmd_space(self, values: torch.Tensor, observed: bool = False) -> torch.Tensor:
+    def _reconstruction(self, decoded: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
+        """Per-cell reconstruction error, averaged over genes."""
         if self.likelihood == "gaussian":
-            return values
-        if observed:
-            values = values / values.sum(dim=1, keepdim=True).clamp_min(1.0)
-        return torch.log1p(_NB_SCALE_FACTOR * values)
+            return F.mse_loss(self._standardized_prediction(decoded), self.standardize(observed), reduction="none").mean(dim=1)
+        library = observed.sum(dim=1, keepdim=True)
+        nb = NegativeBinomial(mu=_counts(decoded, library), theta=self.log_dispersion.exp())
+        return -nb.log_prob(observed).mean(dim=1)
 
     @torch.inference_mode()
     def sample(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -394,3 +428,15 @@ class SCCVAEModule(BaseModuleClass):
         generative_inputs = self._get_generative_input(tensors, inference_outputs)
         outputs = self.generative(**generative_inputs)
         return self.expression_mean(outputs["prediction"], outputs["library"])
+
+
+def _counts(log_expression: torch.Tensor, library: torch.Tensor | None) -> torch.Tensor:
+    """Expected counts of decoded log-normalised expression at a library size (1e4 if ``None``).
+
+    ``log1p`` is inverted through a sharp softplus (decoded values below zero give small
+    positive rates, with a gradient) and the rates are normalised to sum to the library
+    size, as scVI's decoder does.
+    """
+    rates = torch.expm1(F.softplus(log_expression, beta=10.0)).clamp_min(1e-8)
+    proportions = rates / rates.sum(dim=-1, keepdim=True)
+    return proportions * (_NB_SCALE_FACTOR if library is None else library)

@@ -18,7 +18,7 @@ GRAPH_CHOICES = ("full", "none", "random")
 
 def build_graph_mask(
     graph: str | np.ndarray | pd.DataFrame | nx.DiGraph,
-    n_latent: int,
+    n_latent: int | None,
     density: float = 0.03,
     seed: int = 0,
 ) -> tuple[np.ndarray, list[str]]:
@@ -32,7 +32,7 @@ def build_graph_mask(
         DAG over the ``n_latent`` nodes as an adjacency matrix (``A[i, j] != 0`` means an edge
         ``i -> j``; numpy array or pandas DataFrame) or a :class:`networkx.DiGraph`.
     n_latent
-        Number of latent nodes.
+        Number of latent nodes; ``None`` takes it from a user graph.
     density
         Edge probability among ordered node pairs for ``"random"``.
     seed
@@ -47,6 +47,8 @@ def build_graph_mask(
         The name of each latent node in that order (user-supplied graphs are reordered).
     """
     if isinstance(graph, str):
+        if n_latent is None:
+            raise ValueError(f"graph={graph!r} needs the number of latent nodes.")
         default_names = [f"node_{i}" for i in range(n_latent)]
         if graph == "full":
             return np.triu(np.ones((n_latent, n_latent), dtype=np.float32), k=1), default_names
@@ -71,16 +73,16 @@ def build_graph_mask(
         )
     order = list(nx.lexicographical_topological_sort(digraph, key=str))
     position = {node: i for i, node in enumerate(order)}
-    mask = np.zeros((n_latent, n_latent), dtype=np.float32)
+    mask = np.zeros((len(order), len(order)), dtype=np.float32)
     for source, target in digraph.edges():
         mask[position[source], position[target]] = 1.0
     return mask, [str(node) for node in order]
 
 
-def _as_digraph(graph: Any, n_latent: int) -> nx.DiGraph:
+def _as_digraph(graph: Any, n_latent: int | None) -> nx.DiGraph:
     if isinstance(graph, nx.DiGraph):
         digraph = graph.copy()
-        if digraph.number_of_nodes() != n_latent:
+        if n_latent is not None and digraph.number_of_nodes() != n_latent:
             raise ValueError(
                 f"The latent graph has {digraph.number_of_nodes()} nodes but the model has "
                 f"n_latent={n_latent}; give one node per latent variable or change n_latent."
@@ -103,7 +105,7 @@ def _as_digraph(graph: Any, n_latent: int) -> nx.DiGraph:
         )
     if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
         raise ValueError(f"The latent graph adjacency must be square, got shape {matrix.shape}.")
-    if matrix.shape[0] != n_latent:
+    if n_latent is not None and matrix.shape[0] != n_latent:
         raise ValueError(
             f"The latent graph adjacency is {matrix.shape[0]} x {matrix.shape[1]} but the model has "
             f"n_latent={n_latent}; pass a {n_latent} x {n_latent} adjacency or change n_latent."

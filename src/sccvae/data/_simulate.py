@@ -210,11 +210,11 @@ def simulate_perturbseq(
       ``perturbations x genes`` noise-free shift of ``log mu`` at the mean penetrance
       (``saturate(mean_pi * s (I - W)^-1) + mean_pi * a_p * P``; approximately the
       expected change of log-normalised expression for well-expressed genes).
-    - ``targets``, ``target_modes``, ``target_modules``, ``target_direct_shift`` (signed
-      shift at full penetrance, efficiency included), ``target_efficiency``: one entry per
-      single perturbation; ``null_targets``: targets without downstream effect.
-    - ``shared_response_loadings`` (``P``, zeros without a shared response) and
-      ``shared_response_strength`` (``a_p``, one per perturbation).
+    - ``targets``, ``target_modes``, ``target_modules``, ``target_efficiency`` and
+      ``target_direct_shift`` (signed, at full penetrance): one entry per single perturbation.
+    - ``null_targets``: the targets without downstream effect.
+    - ``shared_response_loadings``: ``P``, zeros without a shared response.
+    - ``shared_response_strength``: ``a_p``, one entry per perturbation.
     - ``mean_penetrance`` and ``params`` (every argument; ``None`` stored as ``"None"``).
     """
     start = time.perf_counter()

@@ -1,0 +1,188 @@
+"""Turning perturbation labels into the tensors of a shift intervention.
+
+:class:`~sccvae.SCCVAEModule` shifts latent nodes by ``sum_t w_t (c_t a_t + gamma_t s)``.
+This module describes any set of targets in those terms: a training target by its learned
+values; a target absent from training by values predicted from the training targets only
+(never from its own cells):
+
+- a **node gene** shifts its own node by ``c``, the typical training ``c`` on a scale chosen
+  after training by leave-one-target-out (:data:`UNSEEN_MAGNITUDE_RULES`);
+- a **measured gene that is not a node** shifts the nodes that carry its variation: with
+  ``beta`` the regression of its standardised expression on the node values of control
+  cells, the shift ``c beta / |beta|^2`` moves the linear prediction of the gene by ``c``;
+- any **other embedded target** (e.g. an unmeasured gene with a user embedding) takes the
+  perturbation encoder's softmax over nodes and a magnitude from a ridge map of the
+  embedding fitted on the training targets;
+- every target adds the shared shift with the mean training strength ``gamma``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+#: How the own-node shift ``c`` of an unseen node gene is predicted from the training
+#: targets' ``c`` (standardised units):
+#:
+#: - ``"standardized"``: the mean ``c`` (same number of control standard deviations);
+#: - ``"log"``: the mean ``c * scale`` divided by the gene's scale (same change of
+#:   log-normalised expression);
+#: - ``"relative"``: the mean ``c * scale / center`` times the gene's ``center / scale``
+#:   (same fraction of the gene's mean log-normalised expression).
+UNSEEN_MAGNITUDE_RULES = ("standardized", "log", "relative")
+
+
+def unseen_magnitude(
+    rule: str,
+    magnitudes: np.ndarray,
+    center: np.ndarray,
+    scale: np.ndarray,
+    new_center: np.ndarray,
+    new_scale: np.ndarray,
+) -> np.ndarray:
+    """Own-node shifts of new node genes from the training ones under ``rule``.
+
+    ``magnitudes``, ``center`` and ``scale`` describe the training targets; ``new_center``
+    and ``new_scale`` the new genes.
+    """
+    if rule == "standardized":
+        return np.full(np.shape(new_scale), np.mean(magnitudes))
+    if rule == "log":
+        return np.mean(magnitudes * scale) / new_scale
+    if rule == "relative":
+        ratio = np.mean(magnitudes * scale / np.maximum(center, 1e-3))
+        return ratio * np.maximum(new_center, 1e-3) / new_scale
+    raise ValueError(f"Unknown unseen magnitude rule {rule!r}; use one of {UNSEEN_MAGNITUDE_RULES}.")
+
+
+def choose_unseen_magnitude(magnitudes: np.ndarray, center: np.ndarray, scale: np.ndarray) -> tuple[str, dict[str, float]]:
+    """The rule whose leave-one-target-out prediction of the training ``c`` errs least.
+
+    The error is measured on the log-normalised scale (``c * scale``), where knock-downs of
+    different genes are comparable. With fewer than 3 training targets, ``"standardized"``.
+    """
+    n = len(magnitudes)
+    if n < 3:
+        return "standardized", {}
+    errors = {}
+    for rule in UNSEEN_MAGNITUDE_RULES:
+        squared = []
+        for i in range(n):
+            others = np.arange(n) != i
+            predicted = unseen_magnitude(
+                rule, magnitudes[others], center[others], scale[others], center[i : i + 1], scale[i : i + 1]
+            )[0]
+            squared.append(((predicted - magnitudes[i]) * scale[i]) ** 2)
+        errors[rule] = float(np.mean(squared))
+    return min(errors, key=errors.get), errors
+
+
+@dataclass
+class Intervention:
+    """Perturbations as target weights plus a description of the targets involved.
+
+    Attributes
+    ----------
+    weights
+        ``perturbations x targets`` 0/1 weights.
+    targets
+        Keys ``node``, ``embedding``, ``profile`` (where each target's own shift goes),
+        ``magnitude`` (``c_t``) and ``shared_strength`` (``gamma_t``), as
+        :meth:`~sccvae.SCCVAEModule.shift` takes them.
+    seen
+        Whether every target of each perturbation was seen in training.
+    names
+        The targets, in column order.
+    """
+
+    weights: torch.Tensor
+    targets: dict[str, torch.Tensor]
+    seen: list[bool]
+    names: list[str]
+
+    def scaled(self, factor: float) -> dict[str, torch.Tensor]:
+        """The targets with every shift scaled by ``factor`` (a partial knock-down)."""
+        return {
+            **self.targets,
+            "magnitude": self.targets["magnitude"] * factor,
+            "shared_strength": self.targets["shared_strength"] * factor,
+        }
+
+
+def build_intervention(model, perturbations: Sequence[str]) -> Intervention:
+    """Describe ``perturbations`` (labels) for ``model``'s module, seen or not.
+
+    Raises a ValueError naming every target that cannot be represented and the fix.
+    """
+    parsed = [model._parse(label) for label in perturbations]
+    names = sorted({t for targets in parsed for t in targets})
+    module, device = model.module, model.device
+    seen = {t: i for i, t in enumerate(model.targets_)}
+    node_of = {g: i for i, g in enumerate(model.latent_node_names_)} if model.latent_nodes_ == "genes" else {}
+    measured = set(model.var_names_)
+    embedded = set(model.gene_embedding_.index)
+    unknown = [t for t in names if t not in seen and t not in node_of and t not in measured and t not in embedded]
+    if model.latent_nodes_ == "abstract":
+        unknown = [t for t in names if t not in seen and t not in embedded]
+    if unknown:
+        raise ValueError(f"Cannot represent perturbation target(s) {unknown}: {_unknown_hint(model)}.")
+
+    n = len(names)
+    with torch.no_grad():
+        shared_mean = module.shared_strength.detach().mean()
+        embedding = torch.as_tensor(
+            model.gene_embedding_.reindex(names).fillna(0.0).to_numpy(np.float32), device=device
+        )
+        nodes = torch.full((n,), -1, dtype=torch.long, device=device)
+        magnitude = module.predicted_magnitude(embedding)
+        shared = shared_mean.expand(n).clone()
+        for i, t in enumerate(names):
+            if t in seen:
+                row = seen[t]
+                embedding[i] = module.target_embedding[row]
+                nodes[i] = module.target_nodes[row]
+                magnitude[i] = module.magnitude.detach()[row]
+                shared[i] = module.shared_strength.detach()[row]
+            elif t in node_of:
+                nodes[i] = node_of[t]
+        profile = module.target_profile(nodes, embedding)
+        new_nodes = [t for t in names if t not in seen and t in node_of]
+        proxies = [t for t in names if t not in seen and t not in node_of and model.latent_nodes_ == "genes" and t in measured]
+        if new_nodes or proxies:
+            column = {g: i for i, g in enumerate(model.var_names_)}
+            genes = [column[t] for t in new_nodes + proxies]
+            values = model._unseen_node_magnitudes(genes)
+            for t, value in zip(new_nodes + proxies, values, strict=True):
+                magnitude[names.index(t)] = float(value)
+        if proxies:
+            directions = model._proxy_directions([column[t] for t in proxies])
+            for t, direction in zip(proxies, directions, strict=True):
+                profile[names.index(t)] = direction
+    weights = torch.zeros(len(parsed), n, device=device)
+    column_of = {t: i for i, t in enumerate(names)}
+    for row, target_set in enumerate(parsed):
+        weights[row, [column_of[t] for t in target_set]] = 1.0
+    targets = {
+        "node": nodes,
+        "embedding": embedding,
+        "profile": profile,
+        "magnitude": magnitude,
+        "shared_strength": shared,
+    }
+    all_seen = [all(t in seen for t in target_set) for target_set in parsed]
+    return Intervention(weights, targets, all_seen, names)
+
+
+def _unknown_hint(model) -> str:
+    if list(model.gene_embedding_.columns) == model.targets_:
+        return (
+            "one-hot embeddings only know the training targets; use perturbation_embedding="
+            "'coexpression' (measured genes) or a DataFrame of gene embeddings"
+        )
+    return (
+        "they are neither measured genes nor rows of the perturbation embedding; pass "
+        "perturbation_embedding=DataFrame with these genes when building the model"
+    )
