@@ -245,3 +245,56 @@ def test_explicit_indices_and_early_stopping(toy_adata):
     )
     assert len(model.history["validation_loss"]) < 30
     assert set(model.train_indices) == set(train)
+
+
+def test_train_rejects_no_epochs_and_predict_returns_canonical_labels(toy_adata):
+    SCCVAE.setup_anndata(toy_adata)
+    model = SCCVAE(toy_adata, n_latent=8, n_hidden=16)
+    for bad in (0, -3):
+        with pytest.raises(ValueError, match="max_epochs must be a positive"):
+            model.train(max_epochs=bad)
+    assert not model.is_trained_
+    model.train(max_epochs=1, enable_progress_bar=False)
+    pred = model.predict([" g1 + g0 ", "g2"], n_cells=3)
+    assert list(pred.obs["perturbation"].unique()) == ["g0+g1", "g2"]
+    with pytest.raises(ValueError, match="more than once"):
+        model.predict(["g0+g0"])
+
+
+def test_library_notices_are_dropped_during_train_and_load_only(toy_adata, tmp_path, caplog):
+    import logging
+
+    SCCVAE.setup_anndata(toy_adata)
+    model = SCCVAE(toy_adata, n_latent=8, n_hidden=16)
+    with caplog.at_level(logging.INFO):
+        model.train(max_epochs=1, enable_progress_bar=False)
+        model.save(tmp_path / "m", overwrite=True)
+        SCCVAE.load(tmp_path / "m", adata=toy_adata)
+    messages = [record.getMessage() for record in caplog.records]
+    assert not any("litlogger" in m or "GPU available: False" in m for m in messages)
+    assert not any("already downloaded" in m for m in messages)
+    assert any("Trainer.fit` stopped" in m for m in messages)  # useful messages still pass
+    lightning = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    assert not lightning.filters  # nothing is left filtered after the calls
+
+
+def test_small_models_train_on_one_thread_and_restore_the_setting(toy_adata):
+    import torch
+
+    SCCVAE.setup_anndata(toy_adata)
+    model = SCCVAE(toy_adata, n_latent=8, n_hidden=16)
+    seen = []
+
+    import lightning.pytorch as pl
+
+    class Threads(pl.Callback):
+        def on_train_epoch_start(self, trainer, module):
+            seen.append(torch.get_num_threads())
+
+    before = torch.get_num_threads()
+    model.train(max_epochs=1, enable_progress_bar=False, callbacks=[Threads()])
+    assert seen == [1] and torch.get_num_threads() == before
+    model.train(max_epochs=1, enable_progress_bar=False, callbacks=[Threads()], n_threads=None)
+    assert seen[-1] == before
+    with pytest.raises(ValueError, match="n_threads"):
+        model.train(max_epochs=1, n_threads=0)

@@ -404,16 +404,16 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
         **kwargs
             Passed to :meth:`scvi.model.base.BaseModelClass.load`.
         """
-        if adata is not None:
-            registry = cls.load_registry(dir_path, prefix=kwargs.get("prefix"))
-            genes = registry["field_registries"][REGISTRY_KEYS.X_KEY]["state_registry"]["column_names"]
-            if not pd.Index(adata.var_names).equals(pd.Index(genes)):
-                raise ValueError(
-                    f"Cannot load the model onto this AnnData: it has {adata.n_vars} genes but the "
-                    f"model was trained on {len(genes)} different or differently ordered genes. "
-                    "Subset and order it as the training data (adata[:, genes])."
-                )
         with without_notices():
+            if adata is not None:
+                registry = cls.load_registry(dir_path, prefix=kwargs.get("prefix"))
+                genes = registry["field_registries"][REGISTRY_KEYS.X_KEY]["state_registry"]["column_names"]
+                if not pd.Index(adata.var_names).equals(pd.Index(genes)):
+                    raise ValueError(
+                        f"Cannot load the model onto this AnnData: it has {adata.n_vars} genes but the "
+                        f"model was trained on {len(genes)} different or differently ordered genes. "
+                        "Subset and order it as the training data (adata[:, genes])."
+                    )
             return super().load(dir_path, adata=adata, **kwargs)
 
     # ------------------------------------------------------------------ train
@@ -508,16 +508,17 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
             trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
         elif early_stopping:
             raise ValueError("early_stopping needs validation cells: use train_size < 1 or pass validation_indices.")
-        runner = self._train_runner_cls(
-            self,
-            training_plan=training_plan,
-            data_splitter=data_splitter,
-            max_epochs=max_epochs,
-            accelerator=accelerator,
-            devices=devices,
-            early_stopping=early_stopping,
-            **trainer_kwargs,
-        )
+        with without_notices():  # Lightning announces devices and loggers as the trainer is built
+            runner = self._train_runner_cls(
+                self,
+                training_plan=training_plan,
+                data_splitter=data_splitter,
+                max_epochs=max_epochs,
+                accelerator=accelerator,
+                devices=devices,
+                early_stopping=early_stopping,
+                **trainer_kwargs,
+            )
         # The posterior samples drawn while training come from torch's global generator:
         # seed it from the model's seed (restored afterwards), so that a run is reproducible
         # across processes without the caller setting scvi.settings.seed.
