@@ -33,12 +33,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from sccvae._perturbations import (
-    canonical_label,
-    check_control_label,
-    parse_perturbation,
-    perturbation_labels,
-)
+from sccvae._perturbations import PerturbationDesign, design_of
 
 logger = logging.getLogger(__name__)
 
@@ -217,29 +212,25 @@ def splits_to_frame(
 
 
 def _groups(
-    adata: AnnData, perturbation_key: str, control_label: str, delimiter: str
+    adata: AnnData,
+    perturbation_key: str,
+    control_label: str,
+    delimiter: str,
+    design: PerturbationDesign | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, tuple[str, ...]]]:
     """Control positions, canonical label -> positions, canonical label -> targets."""
     if not isinstance(adata, AnnData):
         raise TypeError(f"Expected an AnnData, got {type(adata).__name__}.")
-    labels = perturbation_labels(adata.obs, perturbation_key)
-    check_control_label(labels, control_label, perturbation_key)
-    uniques, inverse = np.unique(labels, return_inverse=True)
-    targets_of_unique = [parse_perturbation(u, control_label, delimiter) for u in uniques]
-    canon_of_unique = np.array(
-        [canonical_label(t, control_label, delimiter) for t in targets_of_unique], dtype=object
+    design = design_of(
+        adata.obs, perturbation_key, control_label, delimiter, design, require_controls=True
     )
-    canon = canon_of_unique[inverse]
-    control_idx = np.flatnonzero(canon == control_label)
-    groups: dict[str, np.ndarray] = {}
-    targets: dict[str, tuple[str, ...]] = {}
-    for u_canon, t in zip(canon_of_unique, targets_of_unique, strict=True):
-        if u_canon == control_label or u_canon in groups:
-            continue
-        groups[u_canon] = np.flatnonzero(canon == u_canon)
-        targets[u_canon] = t
-    order = sorted(groups)
-    return control_idx, {k: groups[k] for k in order}, {k: targets[k] for k in order}
+    codes = design.codes
+    # a stable sort keeps each perturbation's positions in increasing order
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(len(design.perturbations) + 1))
+    groups = {p: order[bounds[i] : bounds[i + 1]] for i, p in enumerate(design.perturbations)}
+    targets = {p: design.targets(p) for p in design.perturbations}
+    return np.flatnonzero(codes < 0), groups, targets
 
 
 def _split_cells(
@@ -329,6 +320,8 @@ def unseen_perturbation_folds(
     seed: int = 0,
     validation_fraction: float = 1 / 8,
     combination_delimiter: str = "+",
+    *,
+    design: PerturbationDesign | None = None,
 ) -> list[Split]:
     """K-fold splits whose test perturbations are unseen in training (the paper's OOD setting).
 
@@ -351,6 +344,8 @@ def unseen_perturbation_folds(
         Seed for the fold assignment and the train / validation cut.
     validation_fraction
         Share of each training perturbation's cells used for validation (paper: 1/8).
+    design
+        The :class:`~sccvae._perturbations.PerturbationDesign` of ``adata``, if already built.
 
     Returns
     -------
@@ -360,7 +355,9 @@ def unseen_perturbation_folds(
     if n_folds < 2:
         raise ValueError(f"`n_folds` must be at least 2, got {n_folds}.")
     validation_fraction = _check_fraction(validation_fraction, "validation_fraction")
-    control_idx, groups, _ = _groups(adata, perturbation_key, control_label, combination_delimiter)
+    control_idx, groups, _ = _groups(
+        adata, perturbation_key, control_label, combination_delimiter, design
+    )
     perts = list(groups)
     if len(perts) < n_folds:
         raise ValueError(
@@ -408,6 +405,8 @@ def seen_perturbation_split(
     seed: int = 0,
     split_controls: bool = True,
     combination_delimiter: str = "+",
+    *,
+    design: PerturbationDesign | None = None,
 ) -> Split:
     """In-distribution split: each perturbation's cells cut into train / validation / test.
 
@@ -431,6 +430,8 @@ def seen_perturbation_split(
         Seed of the cell shuffle.
     split_controls
         Split control cells by ``fractions`` too (default) or put them all in train.
+    design
+        The :class:`~sccvae._perturbations.PerturbationDesign` of ``adata``, if already built.
 
     Returns
     -------
@@ -443,7 +444,9 @@ def seen_perturbation_split(
         )
     if fractions[0] == 0:
         raise ValueError("The train share in `fractions` must be positive.")
-    control_idx, groups, _ = _groups(adata, perturbation_key, control_label, combination_delimiter)
+    control_idx, groups, _ = _groups(
+        adata, perturbation_key, control_label, combination_delimiter, design
+    )
     rng = np.random.default_rng(seed)
     parts: list[list[np.ndarray]] = [[], [], []]
     if split_controls:
@@ -488,6 +491,8 @@ def combination_split(
     validation_fraction: float = 1 / 8,
     train_combination_fraction: float = 0.0,
     test_single_fraction: float = 0.0,
+    *,
+    design: PerturbationDesign | None = None,
 ) -> Split:
     """GEARS-style split holding out combinations of perturbations.
 
@@ -516,6 +521,8 @@ def combination_split(
         Share of the combinations moved to training (default 0: all are tested).
     test_single_fraction
         Share of the single perturbations held out to test (default 0: all in train).
+    design
+        The :class:`~sccvae._perturbations.PerturbationDesign` of ``adata``, if already built.
 
     Returns
     -------
@@ -528,7 +535,7 @@ def combination_split(
     )
     test_single_fraction = _check_fraction(test_single_fraction, "test_single_fraction")
     control_idx, groups, targets = _groups(
-        adata, perturbation_key, control_label, combination_delimiter
+        adata, perturbation_key, control_label, combination_delimiter, design
     )
     singles = [p for p in groups if len(targets[p]) == 1]
     combos = [p for p in groups if len(targets[p]) > 1]

@@ -12,10 +12,10 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from sccvae._perturbations import (
-    canonical,
+    PerturbationDesign,
     canonical_label,
     check_control_label,
-    parse_perturbation,
+    design_of,
     perturbation_labels,
 )
 from sccvae.metrics import pearson
@@ -70,6 +70,8 @@ class _Baseline:
         combination_delimiter: str = "+",
         layer: str | None = None,
         train_indices: Sequence[int] | np.ndarray | None = None,
+        *,
+        design: PerturbationDesign | None = None,
     ) -> _Baseline:
         """Learn control and perturbation means from training cells.
 
@@ -85,6 +87,10 @@ class _Baseline:
         train_indices
             Integer positions of the training cells (e.g. ``split.train_idx``); all cells if
             None.
+        design
+            The :class:`~sccvae._perturbations.PerturbationDesign` of ``adata`` (all its
+            cells), when the caller has one; otherwise built from the labels. Predictions
+            look labels up in it, so known labels are not parsed again.
 
         Returns
         -------
@@ -102,7 +108,13 @@ class _Baseline:
             raise ValueError(
                 "adata.X is empty; put log-normalised expression in X or pass `layer`."
             )
-        labels = perturbation_labels(adata.obs, perturbation_key)
+        if design is None:
+            labels = perturbation_labels(adata.obs, perturbation_key)
+        else:
+            design = design_of(
+                adata.obs, perturbation_key, control_label, combination_delimiter, design
+            )
+            labels = design.labels
         cell_names = adata.obs_names.astype(str).to_numpy()
         if train_indices is not None:
             rows = np.asarray(train_indices)
@@ -116,22 +128,18 @@ class _Baseline:
             x = x[rows]
             labels = labels[rows]
             cell_names = cell_names[rows]
+            if design is not None:
+                design = design.subset(rows)
         x = sp.csr_matrix(x) if sp.issparse(x) else np.asarray(x)
         check_control_label(labels, control_label, perturbation_key)
+        if design is None:
+            design = PerturbationDesign.from_labels(labels, control_label, combination_delimiter)
 
-        uniques, inverse = np.unique(labels, return_inverse=True)
-        canon_u = [
-            canonical_label(
-                parse_perturbation(u, control_label, combination_delimiter),
-                control_label,
-                combination_delimiter,
-            )
-            for u in uniques
-        ]
-        names = sorted(set(canon_u) - {control_label})
-        vocab = {control_label: 0, **{p: i + 1 for i, p in enumerate(names)}}
-        codes = np.array([vocab[c] for c in canon_u], dtype=np.int64)[inverse]
-        means = _group_means(x, codes, len(vocab))
+        names = list(design.perturbations)
+        codes = design.codes + 1  # 0: control cells, i + 1: perturbation names[i]
+        means = _group_means(x, codes, len(names) + 1)
+        # predictions look their labels up in the training design: known ones are not parsed
+        self._design = design
 
         self.perturbation_key_ = perturbation_key
         self.control_label_ = control_label
@@ -145,7 +153,7 @@ class _Baseline:
             columns=self.var_names_,
         )
         self.n_cells_per_perturbation_ = pd.Series(
-            np.bincount(codes, minlength=len(vocab))[1:], index=pd.Index(names), dtype=np.int64
+            np.bincount(codes, minlength=len(names) + 1)[1:], index=pd.Index(names), dtype=np.int64
         )
         control_rows = np.flatnonzero(codes == 0)
         if self.max_control_cells is not None and control_rows.size > self.max_control_cells:
@@ -184,7 +192,7 @@ class _Baseline:
     # -- prediction ---------------------------------------------------------------------------
 
     def _targets(self, label: str) -> tuple[str, ...]:
-        return parse_perturbation(label, self.control_label_, self.combination_delimiter_)
+        return self._design.targets(label)
 
     def _canonical(self, targets: tuple[str, ...]) -> str:
         return canonical_label(targets, self.control_label_, self.combination_delimiter_)
@@ -194,11 +202,8 @@ class _Baseline:
         raise NotImplementedError
 
     def _labels(self, perturbations: str | Sequence[str]) -> list[str]:
-        """The requested labels in canonical form (the package's one labelling rule)."""
-        return [
-            canonical(label, self.control_label_, self.combination_delimiter_)
-            for label in _as_labels(perturbations)
-        ]
+        """Return the requested labels in canonical form (the package's one labelling rule)."""
+        return self._design.canonicalize(_as_labels(perturbations))
 
     def predict_delta(self, perturbations: str | Sequence[str]) -> pd.DataFrame:
         """Predicted mean change from the training control mean (perturbations x genes)."""

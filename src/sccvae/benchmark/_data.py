@@ -13,7 +13,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from sccvae._perturbations import canonical_label, parse_perturbation, perturbation_labels
+from sccvae._perturbations import PerturbationDesign, perturbation_labels
 from sccvae.splits import (
     Split,
     combination_split,
@@ -137,17 +137,17 @@ def load_data(
     return adata, description
 
 
-def _describe(adata: AnnData, key: str, control: str, delimiter: str) -> dict[str, Any]:
-    labels = perturbation_labels(adata.obs, key)
-    perts = {
-        canonical_label(parse_perturbation(u, control, delimiter), control, delimiter)
-        for u in np.unique(labels)
-    } - {control}
-    n_combos = sum(1 for p in perts if len(parse_perturbation(p, control, delimiter)) > 1)
+def _describe(adata: AnnData, design: PerturbationDesign) -> dict[str, Any]:
+    """Count the cells, genes, controls, perturbations and combinations of ``adata``.
+
+    ``design`` is the perturbation design of ``adata``.
+    """
+    perts = design.perturbations
+    n_combos = sum(1 for p in perts if len(design.targets(p)) > 1)
     return {
         "n_cells": int(adata.n_obs),
         "n_genes": int(adata.n_vars),
-        "n_control_cells": int((labels == control).sum()),
+        "n_control_cells": int((design.labels == design.control_label).sum()),
         "n_perturbations": len(perts),
         "n_combinations": n_combos,
     }
@@ -177,36 +177,20 @@ def _working_copy(adata: AnnData, key: str) -> AnnData:
 
 
 def _make_splits(
-    adata: AnnData, split: str, n_folds: int, key: str, control: str, delimiter: str, seed: int
+    adata: AnnData, split: str, n_folds: int, key: str, seed: int, design: PerturbationDesign
 ) -> list[Split]:
+    """Split ``adata`` (perturbation design ``design``) by the split design ``split``."""
+    labelling = {
+        "perturbation_key": key,
+        "control_label": design.control_label,
+        "combination_delimiter": design.delimiter,
+        "design": design,
+    }
     if split == "unseen":
-        return unseen_perturbation_folds(
-            adata,
-            n_folds=n_folds,
-            perturbation_key=key,
-            control_label=control,
-            seed=seed,
-            combination_delimiter=delimiter,
-        )
+        return unseen_perturbation_folds(adata, n_folds=n_folds, seed=seed, **labelling)
     if split == "seen":
-        return [
-            seen_perturbation_split(
-                adata,
-                perturbation_key=key,
-                control_label=control,
-                seed=seed,
-                combination_delimiter=delimiter,
-            )
-        ]
-    return [
-        combination_split(
-            adata,
-            perturbation_key=key,
-            control_label=control,
-            combination_delimiter=delimiter,
-            seed=seed,
-        )
-    ]
+        return [seen_perturbation_split(adata, seed=seed, **labelling)]
+    return [combination_split(adata, seed=seed, **labelling)]
 
 
 def _onehot_embedding(targets: Sequence[str]) -> pd.DataFrame:

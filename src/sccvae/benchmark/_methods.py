@@ -158,6 +158,7 @@ def _baseline(make: Callable[[RunSettings], Any]) -> Callable[..., Fitted]:
             control_label=settings.control_label,
             combination_delimiter=settings.combination_delimiter,
             train_indices=fold.train_positions,
+            design=fold.training_design,
         )
 
         def predict(labels: list[str]) -> AnnData:

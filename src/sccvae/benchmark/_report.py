@@ -18,7 +18,7 @@ import pandas as pd
 from sccvae.metrics import METRICS
 
 from ._methods import REGISTRY
-from ._result import BenchmarkResult
+from ._result import BenchmarkResult, _fmt, format_table
 
 logger = logging.getLogger(__name__)
 
@@ -98,59 +98,6 @@ def verdicts(result: BenchmarkResult, category: str = "all") -> list[str]:
             line += f"; undefined for {', '.join(undefined)}"
         lines.append(line)
     return lines
-
-
-def _fmt(value: float, digits: int) -> str:
-    if value is None or not np.isfinite(value):
-        return "nan"
-    if value != 0 and abs(value) < 10 ** (-digits + 1):
-        return f"{value:.{digits - 1}e}"
-    return f"{value:.{digits}f}"
-
-
-def format_table(
-    summary: pd.DataFrame,
-    metrics: Sequence[str] | None = None,
-    category: str = "all",
-    digits: int = 3,
-    win_rates: bool = True,
-    separator: str = " ",
-) -> pd.DataFrame:
-    """Metric x method table of ``"mean [ci_low, ci_high]"`` strings.
-
-    Parameters
-    ----------
-    summary
-        ``BenchmarkResult.summary``.
-    metrics
-        Rows (default: the summary's metrics, in order).
-    category
-        Test-perturbation category (``"all"`` or a combination category).
-    digits
-        Decimals.
-    win_rates
-        Append ``"win X%"``: how often the reference method beats this one.
-    separator
-        Between the value and the win rate (e.g. a newline for terminals).
-    """
-    s = summary[summary["category"] == category] if "category" in summary else summary
-    if metrics is None:
-        metrics = list(dict.fromkeys(s["metric"]))
-    methods = list(dict.fromkeys(s["method"]))
-    table = pd.DataFrame(
-        index=pd.Index(list(metrics), name="metric"), columns=methods, dtype=object
-    )
-    for _, row in s.iterrows():
-        if row["metric"] not in table.index:
-            continue
-        text = (
-            f"{_fmt(row['mean'], digits)} [{_fmt(row['ci_low'], digits)}, "
-            f"{_fmt(row['ci_high'], digits)}]"
-        )
-        if win_rates and np.isfinite(row["reference_win_rate"]):
-            text += f"{separator}win {100 * row['reference_win_rate']:.0f}%"
-        table.loc[row["metric"], row["method"]] = text
-    return table.fillna("")
 
 
 def _metric_label(metric: str) -> str:

@@ -1,4 +1,4 @@
-"""What a benchmark run returns, and the error it raises on bad input."""
+"""What a benchmark run returns, its summary as a table, and the error it raises on bad input."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from sccvae.splits import Split
@@ -60,8 +61,6 @@ class BenchmarkResult:
         self, metrics: Sequence[str] | None = None, category: str = "all", digits: int = 3
     ) -> pd.DataFrame:
         """Return a metric x method table of ``"mean [low, high]"`` (:func:`format_table`)."""
-        from ._report import format_table
-
         return format_table(self.summary, metrics=metrics, category=category, digits=digits)
 
     def __repr__(self) -> str:
@@ -70,3 +69,56 @@ class BenchmarkResult:
             f"{len(self.splits)} split(s), {self.results['perturbation'].nunique()} test "
             f"perturbations, {self.wall_time_s:.0f} s)"
         )
+
+
+def _fmt(value: float, digits: int) -> str:
+    if value is None or not np.isfinite(value):
+        return "nan"
+    if value != 0 and abs(value) < 10 ** (-digits + 1):
+        return f"{value:.{digits - 1}e}"
+    return f"{value:.{digits}f}"
+
+
+def format_table(
+    summary: pd.DataFrame,
+    metrics: Sequence[str] | None = None,
+    category: str = "all",
+    digits: int = 3,
+    win_rates: bool = True,
+    separator: str = " ",
+) -> pd.DataFrame:
+    """Metric x method table of ``"mean [ci_low, ci_high]"`` strings.
+
+    Parameters
+    ----------
+    summary
+        ``BenchmarkResult.summary``.
+    metrics
+        Rows (default: the summary's metrics, in order).
+    category
+        Test-perturbation category (``"all"`` or a combination category).
+    digits
+        Decimals.
+    win_rates
+        Append ``"win X%"``: how often the reference method beats this one.
+    separator
+        Between the value and the win rate (e.g. a newline for terminals).
+    """
+    s = summary[summary["category"] == category] if "category" in summary else summary
+    if metrics is None:
+        metrics = list(dict.fromkeys(s["metric"]))
+    methods = list(dict.fromkeys(s["method"]))
+    table = pd.DataFrame(
+        index=pd.Index(list(metrics), name="metric"), columns=methods, dtype=object
+    )
+    for _, row in s.iterrows():
+        if row["metric"] not in table.index:
+            continue
+        text = (
+            f"{_fmt(row['mean'], digits)} [{_fmt(row['ci_low'], digits)}, "
+            f"{_fmt(row['ci_high'], digits)}]"
+        )
+        if win_rates and np.isfinite(row["reference_win_rate"]):
+            text += f"{separator}win {100 * row['reference_win_rate']:.0f}%"
+        table.loc[row["metric"], row["method"]] = text
+    return table.fillna("")

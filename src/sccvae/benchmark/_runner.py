@@ -16,9 +16,8 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from sccvae._perturbations import (
-    canonical_label,
-    check_control_label,
-    parse_perturbation,
+    PerturbationDesign,
+    design_of,
     perturbation_labels,
 )
 from sccvae.metrics import METRICS, evaluate, fit_pca, mean_of_perturbation_means, summarize
@@ -92,10 +91,16 @@ class Fold:
     #: evaluation's control reference and PCA come from them
     train_cells: AnnData
     test: AnnData
+    #: the designs of ``training``, ``train_cells`` and ``test``: subsets of the run's design
+    training_design: PerturbationDesign
+    train_cells_design: PerturbationDesign
+    test_design: PerturbationDesign
 
     @classmethod
-    def from_split(cls, index: int, split: Split, work: AnnData) -> Fold:
-        """Cut the fold's AnnData objects out of the working copy."""
+    def from_split(
+        cls, index: int, split: Split, work: AnnData, design: PerturbationDesign
+    ) -> Fold:
+        """Cut the fold's AnnData objects (and their designs) out of the working copy."""
         keep = np.union1d(split.train_idx, split.validation_idx)
         return cls(
             index=index,
@@ -106,6 +111,9 @@ class Fold:
             validation_positions=np.searchsorted(keep, split.validation_idx),
             train_cells=work[split.train_idx].copy(),
             test=split.subset(work, "test"),
+            training_design=design.subset(keep),
+            train_cells_design=design.subset(split.train_idx),
+            test_design=design.subset(split.test_idx),
         )
 
 
@@ -239,16 +247,13 @@ def run_benchmark(
     )
     try:
         work = _working_copy(adata, perturbation_key)
-        labels = perturbation_labels(work.obs, perturbation_key)
-        check_control_label(labels, control_label, perturbation_key)
-        for u in np.unique(labels):
-            parse_perturbation(u, control_label, combination_delimiter)
-        data_description.update(
-            _describe(work, perturbation_key, control_label, combination_delimiter)
+        # the run's one perturbation design: every label parsed here, once (a bad label is an
+        # input error); the splits, methods and metrics get it or its subsets
+        design = design_of(
+            work.obs, perturbation_key, control_label, combination_delimiter, require_controls=True
         )
-        splits = _make_splits(
-            work, split, n_folds, perturbation_key, control_label, combination_delimiter, seed
-        )
+        data_description.update(_describe(work, design))
+        splits = _make_splits(work, split, n_folds, perturbation_key, seed, design)
     except (KeyError, ValueError) as err:
         if isinstance(err, BenchmarkInputError):
             raise
@@ -265,13 +270,7 @@ def run_benchmark(
     notes: list[str] = []
     if "note" in data_description:
         notes.append(data_description.pop("note"))
-    all_targets = sorted(
-        {
-            t
-            for u in np.unique(labels)
-            for t in parse_perturbation(u, control_label, combination_delimiter)
-        }
-    )
+    all_targets = sorted({t for p in design.perturbations for t in design.targets(p)})
     target_embedding = _target_embedding(
         method_list, all_targets, set(work.var_names), split, model_kwargs, notes
     )
@@ -338,7 +337,7 @@ def run_benchmark(
         warnings.filterwarnings("ignore", message=".*observed perturbation.*no prediction.*")
         overall = bars.add("Benchmark", len(splits) * len(method_list))
         for index, split_ in zip(fold_ids, splits, strict=True):
-            fold = Fold.from_split(index, split_, work)
+            fold = Fold.from_split(index, split_, work, design)
             rows += _run_fold(fold, settings, bars, overall, notes, training_rows, deltas)
 
     results = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
@@ -458,21 +457,16 @@ def _target_embedding(
     return embedding
 
 
-def _mean_delta(pred: AnnData, settings: RunSettings, control_mean: np.ndarray) -> pd.DataFrame:
-    """Mean predicted (or observed) change of each perturbation from the control mean."""
-    key, control, delimiter = (
-        settings.perturbation_key,
-        settings.control_label,
-        settings.combination_delimiter,
-    )
-    labels = perturbation_labels(pred.obs, key)
-    canon = [
-        canonical_label(parse_perturbation(lab, control, delimiter), control, delimiter)
-        for lab in labels
-    ]
+def _mean_delta(
+    pred: AnnData, design: PerturbationDesign, control_mean: np.ndarray
+) -> pd.DataFrame:
+    """Mean predicted (or observed) change of each perturbation from the control mean.
+
+    ``design`` is the perturbation design of ``pred``'s cells.
+    """
     x = pred.X.toarray() if sp.issparse(pred.X) else np.asarray(pred.X)
     frame = pd.DataFrame(x.astype(np.float64), columns=[str(g) for g in pred.var_names])
-    means = frame.groupby(np.asarray(canon), sort=True).mean()
+    means = frame.groupby(np.asarray(design.canonical_labels), sort=True).mean()
     return means - control_mean
 
 
@@ -490,11 +484,15 @@ def _run_fold(
     test_perts = list(fold.split.test_perturbations)
     pca = fit_pca(fold.train_cells, seed=settings.seed)
     pert_mean = mean_of_perturbation_means(
-        fold.train_cells, key, control, settings.combination_delimiter
+        fold.train_cells,
+        key,
+        control,
+        settings.combination_delimiter,
+        design=fold.train_cells_design,
     )
-    ctrl_rows = perturbation_labels(fold.train_cells.obs, key) == control
+    ctrl_rows = fold.train_cells_design.labels == control
     control_mean = np.asarray(fold.train_cells.X[ctrl_rows].mean(axis=0), dtype=np.float64).ravel()
-    observed = _mean_delta(fold.test, settings, control_mean)
+    observed = _mean_delta(fold.test, fold.test_design, control_mean)
     observed.index = pd.MultiIndex.from_product([[fold.index], observed.index])
     deltas["observed"].append(observed)
 
@@ -526,13 +524,16 @@ def _run_fold(
                 pca=pca,
                 seed=settings.seed,
                 cache=scoring_cache,
+                design=fold.test_design,
             ).reset_index()
             table.insert(0, "fold", fold.index)
             table.insert(0, "method", method)
             categories = [fold.split.categories.get(p, "all") for p in table["perturbation"]]
             table.insert(3, "category", categories)
             out.append(table)
-            delta = _mean_delta(pred, settings, control_mean)
+            # predictions carry canonical labels: looked up in the run's design, not parsed
+            pred_design = fold.test_design.with_labels(perturbation_labels(pred.obs, key))
+            delta = _mean_delta(pred, pred_design, control_mean)
             delta.index = pd.MultiIndex.from_product([[fold.index], delta.index])
             deltas[method].append(delta)
         bars.advance(overall, 1)

@@ -1,20 +1,15 @@
-"""Shared numerics of the metrics: correlations, group moments and label codes."""
+"""Shared numerics of the metrics: correlations and group moments."""
 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from sccvae._perturbations import (
-    canonical_label,
-    parse_perturbation,
-    perturbation_labels,
-)
+from sccvae._perturbations import PerturbationDesign, design_of
 
 _CONSTANT_RTOL = 1e-6
 _MMD_MULTIPLIERS = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
@@ -125,51 +120,26 @@ def _group_moments(x, codes: np.ndarray, n_groups: int, chunk: int = 8192):
     return sums, sq, counts
 
 
-def _canonical_codes(
-    labels: np.ndarray, keep: Sequence[str], control_label: str, delimiter: str
-) -> tuple[np.ndarray, dict[str, tuple[str, ...]]]:
-    """Code of every cell's canonical label in ``keep`` (-1 otherwise) and targets per label."""
-    uniques, inverse = np.unique(labels, return_inverse=True)
-    position = {label: i for i, label in enumerate(keep)}
-    unique_codes = np.full(uniques.size, -1, dtype=np.int64)
-    targets: dict[str, tuple[str, ...]] = {}
-    for i, u in enumerate(uniques):
-        t = parse_perturbation(str(u), control_label, delimiter)
-        canon = canonical_label(t, control_label, delimiter)
-        if canon in position:
-            unique_codes[i] = position[canon]
-            targets[canon] = t
-    return unique_codes[inverse], targets
-
-
-def _canonical_set(labels: np.ndarray, control_label: str, delimiter: str) -> list[str]:
-    out = set()
-    for u in np.unique(labels):
-        canon = canonical_label(
-            parse_perturbation(str(u), control_label, delimiter), control_label, delimiter
-        )
-        if canon != control_label:
-            out.add(canon)
-    return sorted(out)
-
-
 def mean_of_perturbation_means(
     adata: AnnData,
     perturbation_key: str = "perturbation",
     control_label: str = "control",
     combination_delimiter: str = "+",
+    *,
+    design: PerturbationDesign | None = None,
 ) -> pd.Series:
     """Mean over (non-control) perturbations of their mean expression, as a gene Series.
 
     Pass it, computed on the *training* cells, as ``training_perturbation_mean`` to
-    :func:`evaluate`.
+    :func:`evaluate`. ``design`` is the
+    :class:`~sccvae._perturbations.PerturbationDesign` of ``adata`` when the caller has one
+    (otherwise it is built from the labels).
     """
-    labels = perturbation_labels(adata.obs, perturbation_key)
-    perts = _canonical_set(labels, control_label, combination_delimiter)
+    design = design_of(adata.obs, perturbation_key, control_label, combination_delimiter, design)
+    perts = design.perturbations
     if not perts:
         raise ValueError(f"No non-control perturbations in adata.obs[{perturbation_key!r}].")
-    codes, _ = _canonical_codes(labels, perts, control_label, combination_delimiter)
-    sums, _, counts = _group_moments(_matrix(adata, "adata"), codes, len(perts))
+    sums, _, counts = _group_moments(_matrix(adata, "adata"), design.codes, len(perts))
     means = sums / counts[:, None]
     return pd.Series(means.mean(axis=0), index=pd.Index([str(g) for g in adata.var_names]))
 

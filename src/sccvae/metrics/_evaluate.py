@@ -12,13 +12,11 @@ import scipy.sparse as sp
 from anndata import AnnData
 from scipy.spatial.distance import cdist
 
-from sccvae._perturbations import perturbation_labels
+from sccvae._perturbations import PerturbationDesign, design_of, perturbation_labels
 
 from ._core import (
     _CONSTANT_RTOL,
     _DEFAULT_MAX_CELLS,
-    _canonical_codes,
-    _canonical_set,
     _direction_accuracy,
     _gene_columns,
     _group_moments,
@@ -81,7 +79,6 @@ METRICS: dict[str, tuple[bool, str]] = {
 }
 
 
-
 def evaluate(
     predicted: AnnData,
     observed: AnnData,
@@ -100,6 +97,8 @@ def evaluate(
     de_fdr: float = 0.05,
     de_metrics: bool = True,
     cache: dict | None = None,
+    *,
+    design: PerturbationDesign | None = None,
 ) -> pd.DataFrame:
     """Score predictions against observed cells, one row per perturbation.
 
@@ -151,6 +150,11 @@ def evaluate(
         A dict shared by calls that score predictions against the *same* observed and
         control cells (e.g. the methods of one benchmark fold): the control cells' ranks and
         the observed DE genes are computed once and reused.
+    design
+        The :class:`~sccvae._perturbations.PerturbationDesign` of ``observed``'s cells, when
+        the caller has one (e.g. the benchmark's design of the whole data, ``.subset`` to the
+        test cells); otherwise built from the labels. The predicted labels are mapped through
+        it, so labels it knows (as written or in canonical form) are not parsed again.
 
     Returns
     -------
@@ -190,12 +194,24 @@ def evaluate(
     atol = _CONSTANT_RTOL * (1.0 + float(np.sqrt(np.mean(mu0**2))))
 
     # --- perturbations in common
-    obs_labels = perturbation_labels(observed.obs, perturbation_key)
-    pred_labels = perturbation_labels(predicted.obs, perturbation_key)
-    perts = _common_perturbations(obs_labels, pred_labels, control_label, combination_delimiter)
+    if design is None:
+        obs_labels = perturbation_labels(observed.obs, perturbation_key)
+        pred_labels = perturbation_labels(predicted.obs, perturbation_key)
+        obs_design = PerturbationDesign.from_labels(
+            obs_labels, control_label, combination_delimiter
+        )
+    else:
+        obs_design = design_of(
+            observed.obs, perturbation_key, control_label, combination_delimiter, design
+        )
+        pred_labels = perturbation_labels(predicted.obs, perturbation_key)
+    # predictions share the observed design's look-ups: their (canonical) labels are known
+    pred_design = obs_design.with_labels(pred_labels)
+    perts = _common_perturbations(obs_design, pred_design)
     n_p = len(perts)
-    obs_codes, targets = _canonical_codes(obs_labels, perts, control_label, combination_delimiter)
-    pred_codes, _ = _canonical_codes(pred_labels, perts, control_label, combination_delimiter)
+    obs_codes = obs_design.codes_for(perts)
+    pred_codes = pred_design.codes_for(perts)
+    targets = {p: obs_design.targets(p) for p in perts}
     s_obs, q_obs, n_obs = _group_moments(x_obs, obs_codes, n_p)
     s_pred, _, n_pred = _group_moments(x_pred, pred_codes, n_p)
     mu = s_obs / n_obs[:, None]
@@ -328,10 +344,10 @@ def _control_cells(control: AnnData, genes: pd.Index, key: str, control_label: s
 
 
 def _common_perturbations(
-    obs_labels: np.ndarray, pred_labels: np.ndarray, control_label: str, delimiter: str
+    obs_design: PerturbationDesign, pred_design: PerturbationDesign
 ) -> list[str]:
-    obs_set = _canonical_set(obs_labels, control_label, delimiter)
-    pred_set = _canonical_set(pred_labels, control_label, delimiter)
+    obs_set = list(obs_design.perturbations)
+    pred_set = list(pred_design.perturbations)
     perts = sorted(set(obs_set) & set(pred_set))
     if not perts:
         raise ValueError(
