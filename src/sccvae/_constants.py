@@ -20,14 +20,14 @@ SMALL_MODEL_PARAMETERS = 5_000_000
 #: Defaults that depend on the kind of latent nodes. Gene nodes: chosen on validation screens
 #: (``benchmarks/ablations.py``, simulated with another seed than the benchmark's); abstract
 #: nodes: the paper's settings, kept for comparison.
-MODEL_DEFAULTS: dict[str, dict[str, float]] = {
+MODEL_DEFAULTS: dict[str, dict[str, float | str]] = {
     "genes": {
         "n_hidden": 512, "n_layers": 1, "mmd_weight": 0.0, "mean_weight": 10.0,
-        "control_reconstruction_weight": 16.0,
+        "control_reconstruction_weight": 16.0, "perturbation_encoder": "direction",
     },
     "abstract": {
         "n_hidden": 512, "n_layers": 2, "mmd_weight": 10.0, "mean_weight": 0.0,
-        "control_reconstruction_weight": 0.25,
+        "control_reconstruction_weight": 0.25, "perturbation_encoder": "softmax",
     },
 }  # fmt: skip
 #: Training defaults (:meth:`SCCVAE.train`) per kind of latent nodes.

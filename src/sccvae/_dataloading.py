@@ -107,7 +107,9 @@ class PairedPerturbationDataLoader(DataLoader):
         Passed to :class:`torch.utils.data.DataLoader` (e.g. ``num_workers``, ``pin_memory``).
     """
 
-    def __init__(self, adata_manager: AnnDataManager, indices: np.ndarray, sampler: Sampler, **kwargs):
+    def __init__(
+        self, adata_manager: AnnDataManager, indices: np.ndarray, sampler: Sampler, **kwargs
+    ):
         self.adata_manager = adata_manager
         self.indices = np.asarray(indices)
         kwargs.setdefault("num_workers", settings.dl_num_workers)
@@ -210,7 +212,9 @@ class PerturbationDataSplitter(pl.LightningDataModule):
         """Minibatches in one training epoch."""
         return len(
             PairedPerturbationSampler(
-                self.perturbation_codes[self.train_idx], self.is_control[self.train_idx], self.batch_size
+                self.perturbation_codes[self.train_idx],
+                self.is_control[self.train_idx],
+                self.batch_size,
             )
         )
 
@@ -223,7 +227,9 @@ class PerturbationDataSplitter(pl.LightningDataModule):
             seed=self.seed,
         )
         # sampler by keyword: Lightning re-creates the loader with a distributed sampler=
-        return PairedPerturbationDataLoader(self.adata_manager, indices, sampler=sampler, **self.loader_kwargs)
+        return PairedPerturbationDataLoader(
+            self.adata_manager, indices, sampler=sampler, **self.loader_kwargs
+        )
 
     def _validation_indices(self) -> np.ndarray:
         """Validation cells, paired with training controls when none were held out."""

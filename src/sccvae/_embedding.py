@@ -72,5 +72,48 @@ def coexpression_embedding(
     coords[scale.ravel() == 0] = 0.0
     logger.info("Coexpression embedding: %d genes x %d components", n_genes, k)
     return pd.DataFrame(
-        coords, index=pd.Index([str(g) for g in gene_names]), columns=[f"PC{i + 1}" for i in range(k)]
+        coords,
+        index=pd.Index([str(g) for g in gene_names]),
+        columns=[f"PC{i + 1}" for i in range(k)],
+    )
+
+
+def build_embedding(
+    embedding, targets: list[str], genes, control, n_components: int, seed: int
+) -> pd.DataFrame:
+    """The model's target embedding: a user DataFrame (checked), one-hot, or coexpression.
+
+    Parameters
+    ----------
+    embedding
+        ``"coexpression"``, ``"onehot"`` or a DataFrame indexed by gene name.
+    targets
+        The training targets (the rows of a one-hot embedding).
+    genes
+        The measured genes (columns of ``control``).
+    control
+        Control cells x genes, log-normalised, for the coexpression embedding.
+    n_components, seed
+        Of the coexpression embedding.
+    """
+    if isinstance(embedding, pd.DataFrame):
+        frame = embedding.copy()
+        frame.index = frame.index.astype(str)
+        if not frame.index.is_unique:
+            raise ValueError(
+                "The perturbation embedding DataFrame has duplicated gene names in its index."
+            )
+        values = frame.to_numpy(dtype=np.float64)
+        if not np.all(np.isfinite(values)):
+            raise ValueError(
+                "The perturbation embedding DataFrame contains NaN or infinite values."
+            )
+        return frame.astype(np.float32)
+    if embedding == "onehot":
+        return pd.DataFrame(np.eye(len(targets), dtype=np.float32), index=targets, columns=targets)
+    if embedding == "coexpression":
+        return coexpression_embedding(control, genes, n_components=n_components, seed=seed)
+    raise ValueError(
+        f"Unknown perturbation_embedding {embedding!r}: use 'coexpression', 'onehot' or a "
+        "pandas DataFrame indexed by gene name."
     )

@@ -29,7 +29,12 @@ from ._perturbations import canonical_label, perturbation_labels
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["InterpretationMixin", "perturbation_modules", "pseudobulk_modules", "module_recovery_score"]
+__all__ = [
+    "InterpretationMixin",
+    "perturbation_modules",
+    "pseudobulk_modules",
+    "module_recovery_score",
+]
 
 ClusterMethod = Literal["leiden", "louvain"]
 ModuleRepresentation = Literal["auto", "shift", "causal", "decoded"]
@@ -40,9 +45,13 @@ class InterpretationMixin:
     """``get_perturbation_latents``, ``perturbation_modules`` and ``get_graph`` for SCCVAE."""
 
     def _training_perturbations(self) -> list[str]:
-        labels = self.adata_manager.get_state_registry(REGISTRY_KEYS.PERTURBATION_KEY).categorical_mapping
+        labels = self.adata_manager.get_state_registry(
+            REGISTRY_KEYS.PERTURBATION_KEY
+        ).categorical_mapping
         canonical = [
-            canonical_label(self._parse(str(label)), self.control_label_, self.combination_delimiter_)
+            canonical_label(
+                self._parse(str(label)), self.control_label_, self.combination_delimiter_
+            )
             for label in labels
         ]
         return list(dict.fromkeys(c for c in canonical if c != self.control_label_))
@@ -79,7 +88,11 @@ class InterpretationMixin:
         the mean ``u`` of unperturbed cells, the reference point of the shifts, and
         ``uns["genes"]`` the columns of ``decoded_change``.
         """
-        perturbations = self._training_perturbations() if perturbations is None else self._canonical_labels(perturbations)
+        perturbations = (
+            self._training_perturbations()
+            if perturbations is None
+            else self._canonical_labels(perturbations)
+        )
         self._check_if_trained(warn=True)
         self.module.eval()
         module = self.module
@@ -98,7 +111,8 @@ class InterpretationMixin:
         for row in range(len(perturbations)):
             u = module.scm(z, (own[row] + shared[row]).expand_as(z))
             causal.append(u.mean(0))
-            decoded.append(module.decode(u).mean(0) - control_decoded)
+            residual = module.gene_scale * (weights[row] @ targets["residual"])
+            decoded.append(module.decode(u).mean(0) + residual - control_decoded)
         obs = pd.DataFrame(
             {
                 self.perturbation_key_: perturbations,
@@ -134,7 +148,9 @@ class InterpretationMixin:
         unseen ones) with a neighbour graph, a UMAP and ``obs["module"]`` (leiden). See
         :func:`sccvae.perturbation_modules` for all options.
         """
-        return perturbation_modules(self, perturbations=perturbations, resolution=resolution, use=use, **kwargs)
+        return perturbation_modules(
+            self, perturbations=perturbations, resolution=resolution, use=use, **kwargs
+        )
 
     def get_graph(self, threshold: float = 0.0) -> nx.DiGraph:
         """Learned edges between latent nodes with ``|weight| > threshold``.
@@ -151,7 +167,8 @@ class InterpretationMixin:
         sources, targets = np.nonzero((np.abs(adjacency) > threshold) & allowed)
         names = self.latent_node_names_
         graph.add_weighted_edges_from(
-            (names[s], names[t], float(adjacency[s, t])) for s, t in zip(sources, targets, strict=True)
+            (names[s], names[t], float(adjacency[s, t]))
+            for s, t in zip(sources, targets, strict=True)
         )
         return graph
 

@@ -55,10 +55,14 @@ def unseen_magnitude(
     if rule == "relative":
         ratio = np.mean(magnitudes * scale / np.maximum(center, 1e-3))
         return ratio * np.maximum(new_center, 1e-3) / new_scale
-    raise ValueError(f"Unknown unseen magnitude rule {rule!r}; use one of {UNSEEN_MAGNITUDE_RULES}.")
+    raise ValueError(
+        f"Unknown unseen magnitude rule {rule!r}; use one of {UNSEEN_MAGNITUDE_RULES}."
+    )
 
 
-def choose_unseen_magnitude(magnitudes: np.ndarray, center: np.ndarray, scale: np.ndarray) -> tuple[str, dict[str, float]]:
+def choose_unseen_magnitude(
+    magnitudes: np.ndarray, center: np.ndarray, scale: np.ndarray
+) -> tuple[str, dict[str, float]]:
     """The rule whose leave-one-target-out prediction of the training ``c`` errs least.
 
     The error is measured on the log-normalised scale (``c * scale``), where knock-downs of
@@ -73,11 +77,53 @@ def choose_unseen_magnitude(magnitudes: np.ndarray, center: np.ndarray, scale: n
         for i in range(n):
             others = np.arange(n) != i
             predicted = unseen_magnitude(
-                rule, magnitudes[others], center[others], scale[others], center[i : i + 1], scale[i : i + 1]
+                rule,
+                magnitudes[others],
+                center[others],
+                scale[others],
+                center[i : i + 1],
+                scale[i : i + 1],
             )[0]
             squared.append(((predicted - magnitudes[i]) * scale[i]) ** 2)
         errors[rule] = float(np.mean(squared))
     return min(errors, key=errors.get), errors
+
+
+@torch.no_grad()
+def fit_unseen_maps(
+    module, ridge_penalties: Sequence[float] = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
+):
+    """Fit how targets absent from training get their shift, from the training targets only.
+
+    Node genes: the rule of :data:`UNSEEN_MAGNITUDE_RULES` that predicts the training node
+    genes' ``c_t`` best leave-one-target-out. Other targets: a ridge regression of the
+    training targets' ``c_t`` on their embeddings, penalty by leave-one-out, written into
+    ``module.magnitude_coef`` / ``magnitude_intercept``. Never uses the cells of the
+    perturbation being predicted.
+
+    Returns
+    -------
+    The chosen rule and every rule's leave-one-out error (``None`` and ``{}`` without
+    training node genes).
+    """
+    nodes = module.target_nodes.cpu().numpy()
+    magnitudes = module.magnitude.detach().cpu().numpy()
+    on_nodes = nodes >= 0
+    rule, errors = None, {}
+    if on_nodes.any():
+        genes = module.node_genes.cpu().numpy()[nodes[on_nodes]]
+        center, scale = module.gene_center.cpu().numpy(), module.gene_scale.cpu().numpy()
+        rule, errors = choose_unseen_magnitude(magnitudes[on_nodes], center[genes], scale[genes])
+    others = ~on_nodes
+    if others.sum() >= 2:
+        embedding = module.target_embedding.double().cpu()[torch.as_tensor(others)]
+        target = torch.as_tensor(magnitudes[others]).double()
+        _, coef, intercept = ridge_loo(embedding, target, ridge_penalties)
+        module.magnitude_coef.copy_(coef.float())
+        module.magnitude_intercept.copy_(intercept.float())
+    elif others.any():
+        module.magnitude_intercept.fill_(float(magnitudes[others].mean()))
+    return rule, errors
 
 
 @dataclass
@@ -90,8 +136,9 @@ class Intervention:
         ``perturbations x targets`` 0/1 weights.
     targets
         Keys ``node``, ``embedding``, ``profile`` (where each target's own shift goes),
-        ``magnitude`` (``c_t``) and ``shared_strength`` (``gamma_t``), as
-        :meth:`~sccvae.SCCVAEModule.shift` takes them.
+        ``magnitude`` (``c_t``), ``shared_strength`` (``gamma_t``) and ``residual`` (a
+        trained target's calibrated residual, zero for unseen targets), as
+        :meth:`~sccvae.SCCVAEModule.generative` takes them.
     seen
         Whether every target of each perturbation was seen in training.
     names
@@ -109,6 +156,7 @@ class Intervention:
             **self.targets,
             "magnitude": self.targets["magnitude"] * factor,
             "shared_strength": self.targets["shared_strength"] * factor,
+            "residual": self.targets["residual"] * factor,
         }
 
 
@@ -121,14 +169,24 @@ def build_intervention(model, perturbations: Sequence[str]) -> Intervention:
     names = sorted({t for targets in parsed for t in targets})
     module, device = model.module, model.device
     seen = {t: i for i, t in enumerate(model.targets_)}
-    node_of = {g: i for i, g in enumerate(model.latent_node_names_)} if model.latent_nodes_ == "genes" else {}
+    node_of = (
+        {g: i for i, g in enumerate(model.latent_node_names_)}
+        if model.latent_nodes_ == "genes"
+        else {}
+    )
     measured = set(model.var_names_)
     embedded = set(model.gene_embedding_.index)
-    unknown = [t for t in names if t not in seen and t not in node_of and t not in measured and t not in embedded]
+    unknown = [
+        t
+        for t in names
+        if t not in seen and t not in node_of and t not in measured and t not in embedded
+    ]
     if model.latent_nodes_ == "abstract":
         unknown = [t for t in names if t not in seen and t not in embedded]
     if unknown:
-        raise ValueError(f"Cannot represent perturbation target(s) {unknown}: {_unknown_hint(model)}.")
+        raise ValueError(
+            f"Cannot represent perturbation target(s) {unknown}: {_unknown_hint(model)}."
+        )
 
     n = len(names)
     with torch.no_grad():
@@ -139,6 +197,7 @@ def build_intervention(model, perturbations: Sequence[str]) -> Intervention:
         nodes = torch.full((n,), -1, dtype=torch.long, device=device)
         magnitude = module.predicted_magnitude(embedding)
         shared = shared_mean.expand(n).clone()
+        residual = torch.zeros(n, module.n_input, device=device)
         for i, t in enumerate(names):
             if t in seen:
                 row = seen[t]
@@ -146,11 +205,19 @@ def build_intervention(model, perturbations: Sequence[str]) -> Intervention:
                 nodes[i] = module.target_nodes[row]
                 magnitude[i] = module.magnitude.detach()[row]
                 shared[i] = module.shared_strength.detach()[row]
+                residual[i] = module.target_residual[row]
             elif t in node_of:
                 nodes[i] = node_of[t]
         profile = module.target_profile(nodes, embedding)
         new_nodes = [t for t in names if t not in seen and t in node_of]
-        proxies = [t for t in names if t not in seen and t not in node_of and model.latent_nodes_ == "genes" and t in measured]
+        proxies = [
+            t
+            for t in names
+            if t not in seen
+            and t not in node_of
+            and model.latent_nodes_ == "genes"
+            and t in measured
+        ]
         if new_nodes or proxies:
             column = {g: i for i, g in enumerate(model.var_names_)}
             genes = [column[t] for t in new_nodes + proxies]
@@ -171,6 +238,7 @@ def build_intervention(model, perturbations: Sequence[str]) -> Intervention:
         "profile": profile,
         "magnitude": magnitude,
         "shared_strength": shared,
+        "residual": residual,
     }
     all_seen = [all(t in seen for t in target_set) for target_set in parsed]
     return Intervention(weights, targets, all_seen, names)
@@ -186,3 +254,28 @@ def _unknown_hint(model) -> str:
         "they are neither measured genes nor rows of the perturbation embedding; pass "
         "perturbation_embedding=DataFrame with these genes when building the model"
     )
+
+
+def ridge_loo(x: torch.Tensor, y: torch.Tensor, penalties: Sequence[float]):
+    """Ridge regression of ``y`` on ``x`` with the least leave-one-out error.
+
+    Penalties are multiples of the mean squared norm of the centred ``x``, so the grid does
+    not depend on the embedding's scale.
+    """
+    mean_x, mean_y = x.mean(0), y.mean(0)
+    xc, yc = x - mean_x, y - mean_y
+    n = xc.shape[0]
+    gram = xc @ xc.T
+    scale = float(torch.diagonal(gram).mean().clamp_min(1e-12))
+    identity = torch.eye(n, dtype=x.dtype)
+    best = (np.inf, penalties[0], torch.zeros(x.shape[1], dtype=x.dtype))
+    for penalty in penalties:
+        inverse = torch.linalg.solve(gram + penalty * scale * identity, identity)
+        hat = gram @ inverse
+        leverage = (1.0 - torch.diagonal(hat)).clamp_min(1e-6)
+        residual = (yc - hat @ yc) / leverage
+        loo = float((residual**2).mean()) if n > 1 else 0.0
+        if loo < best[0]:
+            best = (loo, penalty, xc.T @ (inverse @ yc))
+    _, penalty, coef = best
+    return penalty, coef, mean_y - mean_x @ coef

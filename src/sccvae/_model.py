@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Literal
 
 import anndata as ad
 import networkx as nx
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 import torch
 from scvi import settings
 from scvi.data import AnnDataManager
@@ -20,24 +18,29 @@ from scvi.data.fields import CategoricalObsField, LayerField
 from scvi.model.base import BaseModelClass
 from scvi.train import TrainRunner
 
+from ._calibration import calibrate_training_targets
 from ._constants import (
-    DEFAULT_TRAINING_STEPS,
     MODEL_DEFAULTS,
     REGISTRY_KEYS,
-    SMALL_MODEL_PARAMETERS,
     TRAIN_DEFAULTS,
 )
 from ._dataloading import PerturbationDataSplitter
-from ._embedding import coexpression_embedding
+from ._embedding import build_embedding
+from ._inputs import check_counts, check_finite, log_normalize
 from ._interpretation import InterpretationMixin
-from ._interventions import UNSEEN_MAGNITUDE_RULES, choose_unseen_magnitude
+from ._interventions import UNSEEN_MAGNITUDE_RULES, fit_unseen_maps
 from ._module import SCCVAEModule
-from ._nodes import MIN_SCALE, control_moments, select_node_genes
+from ._nodes import gene_nodes, observed_own_changes
 from ._perturbations import Targets, check_control_label, parse_perturbation, perturbation_labels
-from ._prediction import PredictionMixin, _dense
+from ._prediction import PredictionMixin
 from ._quiet import without_notices
 from ._scm import build_graph_mask
-from ._training_plan import SCCVAETrainingPlan
+from ._training_plan import (
+    SCCVAETrainingPlan,
+    default_epochs,
+    torch_threads,
+    training_threads,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +65,15 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
     own node, with no map from an embedding to learn. ``latent_nodes="abstract"`` is the
     paper's model: abstract nodes and ``c_t softmax(f(e_t))`` from an embedding ``e_t`` of
     each target. Targets that are not node genes (e.g. unmeasured genes with one-hot or user
-    embeddings) take that softmax in both.
+    embeddings) go through a perturbation encoder from their embedding in both
+    (``perturbation_encoder``).
+
+    Arguments left at ``None`` take the default of the kind of latent nodes
+    (:data:`sccvae._constants.MODEL_DEFAULTS`): for gene nodes, chosen on validation screens
+    (``n_hidden=512``, ``n_layers=1``, ``mmd_weight=0``, ``control_reconstruction_weight=16``,
+    ``mean_weight=10``, ``perturbation_encoder="direction"``); for abstract nodes, the
+    paper's (``n_layers=2``, ``mmd_weight=10``, ``control_reconstruction_weight=0.25``, no
+    batch-mean term, ``"softmax"``).
 
     Parameters
     ----------
@@ -82,9 +93,9 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
         whose knock-down you will predict (a measured gene that is not a node is predicted
         through the nodes that carry its variation, a coarser route).
     node_order
-        Topological order of gene nodes: ``"targets_first"`` (perturbation targets and
-        ``node_genes`` first, each group by decreasing control variance: regulators can
-        then reach every other node), ``"variance"`` or ``"random"``.
+        Topological order of gene nodes: ``"random"`` (default, a seeded permutation; best on
+        the validation screens), ``"targets_first"`` (perturbation targets and
+        ``node_genes`` first, each group by decreasing control variance) or ``"variance"``.
     graph
         Allowed edges between latent nodes: ``"full"`` (all edges of the node order, the
         paper's best), ``"none"`` (no edges: ``u = z + shift``), ``"random"`` (Erdős–Rényi
@@ -121,6 +132,11 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
     shared_response
         Learn the shift ``gamma_t s`` shared by all perturbations (a response common to
         them, such as stress); ``False`` leaves each target's own shift alone.
+    perturbation_encoder
+        For targets that are not node genes: ``"softmax"`` (the paper's soft choice of nodes
+        from the embedding, ``c_t softmax(f(e_t) / T)``; the default with abstract nodes) or
+        ``"direction"`` (a signed unit vector ``c_t f(e_t) / |f(e_t)|``, which can move nodes
+        both ways; the default with gene nodes, chosen on validation cells of Norman 2019).
     unseen_magnitude
         How an unseen node gene's own shift is predicted from the training targets' (see
         :data:`~sccvae._interventions.UNSEEN_MAGNITUDE_RULES`): ``"auto"`` (default) takes the
@@ -172,6 +188,7 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
         target_temperature: float = 0.2,
         linear_decoder: bool = False,
         shared_response: bool = True,
+        perturbation_encoder: Literal["softmax", "direction"] | None = None,
         unseen_magnitude: Literal["auto", "standardized", "log", "relative"] = "auto",
         seed: int | None = None,
     ):
@@ -188,11 +205,13 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
         n_layers = defaults["n_layers"] if n_layers is None else n_layers
         mmd_weight = defaults["mmd_weight"] if mmd_weight is None else mmd_weight
         mean_weight = defaults["mean_weight"] if mean_weight is None else mean_weight
+        if perturbation_encoder is None:
+            perturbation_encoder = defaults["perturbation_encoder"]
         if control_reconstruction_weight is None:
             control_reconstruction_weight = defaults["control_reconstruction_weight"]
         if unseen_magnitude != "auto" and unseen_magnitude not in UNSEEN_MAGNITUDE_RULES:
             raise ValueError(
-                f"unseen_magnitude must be 'auto' or one of {UNSEEN_MAGNITUDE_RULES}, got {unseen_magnitude!r}."
+                f"unseen_magnitude must be 'auto' or in {UNSEEN_MAGNITUDE_RULES}, not {unseen_magnitude!r}."
             )
         self._unseen_magnitude = unseen_magnitude
         self.unseen_magnitude_ = "standardized" if unseen_magnitude == "auto" else unseen_magnitude
@@ -203,30 +222,60 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
         self.control_label_ = setup["control_label"]
         self.combination_delimiter_ = setup["combination_delimiter"]
 
-        labels = list(self.adata_manager.get_state_registry(REGISTRY_KEYS.PERTURBATION_KEY).categorical_mapping)
+        labels = list(
+            self.adata_manager.get_state_registry(
+                REGISTRY_KEYS.PERTURBATION_KEY
+            ).categorical_mapping
+        )
         parsed = [self._parse(label) for label in labels]
         self.targets_ = sorted({t for targets in parsed for t in targets})
         if not self.targets_:
-            raise ValueError("The data holds control cells only: the model needs perturbed cells to learn from.")
+            raise ValueError(
+                "The data holds control cells only: the model needs perturbed cells to learn from."
+            )
         target_index = {t: i for i, t in enumerate(self.targets_)}
         label_targets = np.zeros((len(labels), len(self.targets_)), dtype=np.float32)
         for row, targets in enumerate(parsed):
             label_targets[row, [target_index[t] for t in targets]] = 1.0
 
         if likelihood == "nb":
-            _check_counts(self._expression(self.adata), self._layer_description())
+            check_counts(self._expression(self.adata), self._layer_description())
         control, _ = self._control_expression(self.adata)
-        control = _log_normalize(control) if likelihood == "nb" else control
-        self.gene_embedding_ = self._build_embedding(perturbation_embedding, n_embedding_components, seed, control)
+        control = log_normalize(control) if likelihood == "nb" else control
+        self.gene_embedding_ = build_embedding(
+            perturbation_embedding,
+            self.targets_,
+            self.adata.var_names,
+            control,
+            n_embedding_components,
+            seed,
+        )
         if latent_nodes == "genes":
-            nodes = self._gene_nodes(node_genes, n_latent, node_order, graph, graph_density, seed, control)
+            nodes = gene_nodes(
+                self.var_names_,
+                self.targets_,
+                node_genes,
+                n_latent,
+                node_order,
+                graph,
+                graph_density,
+                seed,
+                control,
+            )
         else:
             if node_genes is not None:
                 raise ValueError("node_genes needs latent_nodes='genes'.")
-            nodes = self._abstract_nodes(n_latent, graph, graph_density, seed)
+            nodes = (*build_graph_mask(graph, n_latent, graph_density, seed), None, None, None)
         mask, self.latent_node_names_, node_columns, center, scale = nodes
-        target_nodes = self._target_nodes(node_columns)
-        missing = [t for i, t in enumerate(self.targets_) if target_nodes[i] < 0 and t not in self.gene_embedding_.index]
+        target_nodes = np.full(len(self.targets_), -1)
+        if node_columns is not None:
+            node_of = {self.var_names_[c]: i for i, c in enumerate(node_columns)}
+            target_nodes = np.array([node_of.get(t, -1) for t in self.targets_])
+        missing = [
+            t
+            for i, t in enumerate(self.targets_)
+            if target_nodes[i] < 0 and t not in self.gene_embedding_.index
+        ]
         if missing:
             raise ValueError(
                 f"Cannot embed {len(missing)} perturbation target(s): {missing[:20]}. With "
@@ -234,7 +283,18 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
                 "var_names); otherwise pass perturbation_embedding='onehot' or a DataFrame of "
                 "gene embeddings indexed by gene name that lists them."
             )
-        magnitude = self._initial_magnitude(init_magnitude, target_nodes, parsed, center, scale, likelihood == "nb")
+        if init_magnitude is not None:
+            magnitude = np.full(len(self.targets_), float(init_magnitude), dtype=np.float32)
+        else:
+            codes = (
+                self.adata_manager.get_from_registry(REGISTRY_KEYS.PERTURBATION_KEY)
+                .ravel()
+                .astype(int)
+            )
+            magnitude = observed_own_changes(
+                self._expression(self.adata), codes, parsed, self.targets_, target_nodes, self.var_names_,
+                center, scale, counts=likelihood == "nb",
+            )  # fmt: skip
         # Initial weights come from `seed` without touching the caller's global torch RNG.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -242,7 +302,9 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
                 n_input=self.summary_stats.n_vars,
                 graph_mask=mask,
                 label_targets=label_targets,
-                target_embedding=self.gene_embedding_.reindex(self.targets_).fillna(0.0).to_numpy(np.float32),
+                target_embedding=self.gene_embedding_.reindex(self.targets_)
+                .fillna(0.0)
+                .to_numpy(np.float32),
                 node_genes=node_columns,
                 target_nodes=target_nodes,
                 gene_center=center,
@@ -260,6 +322,7 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
                 target_temperature=target_temperature,
                 linear_decoder=linear_decoder,
                 shared_response=shared_response,
+                perturbation_encoder=perturbation_encoder,
                 seed=seed,
             )
         graph_name = graph if isinstance(graph, str) else f"user DAG ({int(mask.sum())} edges)"
@@ -270,67 +333,6 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
             f"{len(labels) - 1} perturbations."
         )
         self.init_params_ = self._get_init_params(locals())
-
-    # ------------------------------------------------------------------ construction helpers
-    def _gene_nodes(self, node_genes, n_latent, node_order, graph, density, seed, control):
-        """Mask, names, gene columns, centre and scale of gene nodes."""
-        column = {g: i for i, g in enumerate(self.var_names_)}
-        wanted = [str(g) for g in (node_genes or [])]
-        unmeasured = [g for g in wanted if g not in column]
-        if unmeasured:
-            raise ValueError(
-                f"node_genes must be measured genes (var_names); not measured: {unmeasured[:20]}."
-            )
-        mean, sd = control_moments(control)
-        center, scale = mean, np.maximum(sd, MIN_SCALE)
-        required = [t for t in self.targets_ if t in column] + wanted
-        if isinstance(graph, str):
-            names = select_node_genes(self.var_names_, sd**2, required, n_latent, node_order, seed)
-            mask, _ = build_graph_mask(graph, len(names), density, seed)
-        else:
-            mask, names = build_graph_mask(graph, None, density, seed)
-            absent = [g for g in required if g not in set(names)]
-            if absent or any(g not in column for g in names):
-                raise ValueError(
-                    "With gene nodes a user graph is a DAG over measured genes that includes every "
-                    f"measured perturbation target and node_genes; missing: {absent[:20]}, not "
-                    f"measured: {[g for g in names if g not in column][:20]}."
-                )
-        return mask, list(names), np.array([column[g] for g in names]), center, scale
-
-    def _abstract_nodes(self, n_latent, graph, density, seed):
-        mask, names = build_graph_mask(graph, n_latent, density, seed)
-        return mask, names, None, None, None
-
-    def _target_nodes(self, node_columns) -> np.ndarray:
-        """Node of every training target that is a node gene, else -1."""
-        if node_columns is None:
-            return np.full(len(self.targets_), -1)
-        node_of = {self.var_names_[c]: i for i, c in enumerate(node_columns)}
-        return np.array([node_of.get(t, -1) for t in self.targets_])
-
-    def _initial_magnitude(self, init_magnitude, target_nodes, parsed, center, scale, counts: bool) -> np.ndarray:
-        """``c_t`` to start from: the given value, or a node gene's observed own change."""
-        if init_magnitude is not None:
-            return np.full(len(self.targets_), float(init_magnitude), dtype=np.float32)
-        initial = np.full(len(self.targets_), 3.0, dtype=np.float32)
-        if not (target_nodes >= 0).any():
-            return initial
-        codes = self.adata_manager.get_from_registry(REGISTRY_KEYS.PERTURBATION_KEY).ravel().astype(int)
-        x = self._expression(self.adata)
-        column = {g: i for i, g in enumerate(self.var_names_)}
-        for i, t in enumerate(self.targets_):
-            singles = [row for row, targets in enumerate(parsed) if targets == (t,)]
-            cells = np.flatnonzero(np.isin(codes, singles))
-            if target_nodes[i] < 0 or cells.size == 0:
-                continue
-            values = _dense(x[cells][:, [column[t]]]).ravel()
-            if counts:
-                libraries = np.asarray(x[cells].sum(axis=1)).ravel()
-                values = np.log1p(1e4 * values / np.maximum(libraries, 1.0))
-            j = column[t]
-            initial[i] = (values.mean() - center[j]) / scale[j]
-        return initial
 
     # ------------------------------------------------------------------ setup
     @classmethod
@@ -370,7 +372,7 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
         if layer is not None and layer not in adata.layers:
             raise KeyError(f"Layer {layer!r} not found in adata.layers ({list(adata.layers)}).")
         where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
-        _check_finite(adata.X if layer is None else adata.layers[layer], where)
+        check_finite(adata.X if layer is None else adata.layers[layer], where)
         rare = [
             f"{u} ({c})"
             for u, c in zip(uniques, counts, strict=True)
@@ -407,7 +409,9 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
         with without_notices():
             if adata is not None:
                 registry = cls.load_registry(dir_path, prefix=kwargs.get("prefix"))
-                genes = registry["field_registries"][REGISTRY_KEYS.X_KEY]["state_registry"]["column_names"]
+                genes = registry["field_registries"][REGISTRY_KEYS.X_KEY]["state_registry"][
+                    "column_names"
+                ]
                 if not pd.Index(adata.var_names).equals(pd.Index(genes)):
                     raise ValueError(
                         f"Cannot load the model onto this AnnData: it has {adata.n_vars} genes but the "
@@ -430,6 +434,7 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
         plan_kwargs: dict | None = None,
         datasplitter_kwargs: dict | None = None,
         n_threads: int | Literal["auto"] | None = "auto",
+        calibrate: bool = True,
         **trainer_kwargs,
     ):
         """Train the model on paired minibatches (one perturbation + as many control cells).
@@ -467,6 +472,12 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
             the CPU, where one thread is as fast on an idle machine and up to 30x faster on
             a busy one (see the benchmarks page); torch's setting otherwise. ``None`` leaves
             torch's setting as it is; a number sets it.
+        calibrate
+            After training, fit each trained target's residual: what the latent structure does
+            not explain of the mean change of its training cells (see
+            :mod:`sccvae._calibration`). Trained perturbations are then reproduced and
+            combinations of trained targets add their residuals to the structure's
+            prediction; unseen targets' predictions do not change.
         **trainer_kwargs
             Passed to :class:`scvi.train.Trainer` / Lightning.
         """
@@ -480,7 +491,11 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
         plan_kwargs = dict(plan_kwargs or {})
         plan_kwargs.setdefault("lr", defaults["lr"])
         plan_kwargs.setdefault("max_kl_weight", defaults["max_kl_weight"])
-        codes = self.adata_manager.get_from_registry(REGISTRY_KEYS.PERTURBATION_KEY).ravel().astype(int)
+        codes = (
+            self.adata_manager.get_from_registry(REGISTRY_KEYS.PERTURBATION_KEY)
+            .ravel()
+            .astype(int)
+        )
         is_control = self.module.label_is_control.cpu().numpy()[codes]
         external = None
         if train_indices is not None:
@@ -507,7 +522,9 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
         if data_splitter.n_val > 0:
             trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
         elif early_stopping:
-            raise ValueError("early_stopping needs validation cells: use train_size < 1 or pass validation_indices.")
+            raise ValueError(
+                "early_stopping needs validation cells: train_size < 1 or validation_indices."
+            )
         with without_notices():  # Lightning announces devices and loggers as the trainer is built
             runner = self._train_runner_cls(
                 self,
@@ -523,60 +540,39 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
         # seed it from the model's seed (restored afterwards), so that a run is reproducible
         # across processes without the caller setting scvi.settings.seed.
         cuda_devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-        threads = self._training_threads(n_threads, runner.trainer.accelerator)
-        with torch.random.fork_rng(devices=cuda_devices), without_notices(), _torch_threads(threads):
+        threads = training_threads(n_threads, runner.trainer.accelerator, self.module)
+        with (
+            torch.random.fork_rng(devices=cuda_devices),
+            without_notices(),
+            torch_threads(threads),
+        ):
             torch.manual_seed(self.seed_)
             result = runner()
+            if calibrate:
+                self.calibration_ = calibrate_training_targets(
+                    self, data_splitter.train_idx, seed=self.seed_
+                )
         self.fit_unseen_maps()
         return result
 
-    @torch.no_grad()
-    def fit_unseen_maps(self, ridge_penalties: Sequence[float] = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)) -> None:
+    def fit_unseen_maps(self) -> None:
         """Fit how targets absent from training get their shift, from the training targets only.
 
         Node genes: the rule of :data:`~sccvae._interventions.UNSEEN_MAGNITUDE_RULES` that
         predicts the training node genes' ``c_t`` best leave-one-target-out
-        (:attr:`unseen_magnitude_`, its errors in :attr:`unseen_magnitude_errors_`). Other
-        targets: a ridge regression of the training targets' ``c_t`` on their embeddings,
-        penalty by leave-one-out. Called at the end of :meth:`train`; never uses the cells of
-        the perturbation being predicted.
+        (:attr:`unseen_magnitude_` unless given, every rule's error in
+        :attr:`unseen_magnitude_errors_`); other targets: a ridge map from their embedding
+        (:func:`sccvae._interventions.fit_unseen_maps`). Called at the end of :meth:`train`;
+        never uses the cells of the perturbation being predicted.
         """
-        module = self.module
-        nodes = module.target_nodes.cpu().numpy()
-        magnitudes = module.magnitude.detach().cpu().numpy()
-        on_nodes = nodes >= 0
-        if on_nodes.any():
-            genes = module.node_genes.cpu().numpy()[nodes[on_nodes]]
-            center, scale = module.gene_center.cpu().numpy(), module.gene_scale.cpu().numpy()
-            rule, errors = choose_unseen_magnitude(magnitudes[on_nodes], center[genes], scale[genes])
-            self.unseen_magnitude_errors_ = errors
-            if self._unseen_magnitude == "auto":
-                self.unseen_magnitude_ = rule
-        others = ~on_nodes
-        if others.sum() >= 2:
-            embedding = module.target_embedding.double().cpu()[torch.as_tensor(others)]
-            _, coef, intercept = _ridge_loo(embedding, torch.as_tensor(magnitudes[others]).double(), ridge_penalties)
-            module.magnitude_coef.copy_(coef.float())
-            module.magnitude_intercept.copy_(intercept.float())
-        elif others.any():
-            module.magnitude_intercept.fill_(float(magnitudes[others].mean()))
+        rule, self.unseen_magnitude_errors_ = fit_unseen_maps(self.module)
+        if rule is not None and self._unseen_magnitude == "auto":
+            self.unseen_magnitude_ = rule
 
     # ------------------------------------------------------------------ helpers
-    def _training_threads(self, n_threads, accelerator) -> int | None:
-        """The torch thread count to train with (``None``: leave torch's setting)."""
-        if n_threads is None:
-            return None
-        if n_threads == "auto":
-            on_cpu = type(accelerator).__name__ == "CPUAccelerator"
-            small = sum(p.numel() for p in self.module.parameters()) < SMALL_MODEL_PARAMETERS
-            return 1 if on_cpu and small else None
-        if isinstance(n_threads, bool) or int(n_threads) < 1:
-            raise ValueError(f"n_threads must be 'auto', None or a positive integer, got {n_threads!r}.")
-        return int(n_threads)
-
     @staticmethod
     def _seed(seed: int | None) -> int:
-        """An explicit seed, else ``scvi.settings.seed``, else 0: results are reproducible by default."""
+        """Return the seed given, else ``scvi.settings.seed``, else 0 (reproducible by default)."""
         if seed is not None:
             return int(seed)
         return int(settings.seed) if settings.seed is not None else 0
@@ -599,111 +595,5 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
         if not pd.Index(adata.var_names).equals(expected):
             raise ValueError(
                 f"The AnnData's genes ({adata.n_vars}) differ from the model's ({len(expected)}): "
-                "subset it to the model's var_names in the same order (adata[:, model.adata.var_names])."
+                "subset it to the model's genes in their order (adata[:, model.adata.var_names])."
             )
-
-    def _build_embedding(self, embedding, n_components: int, seed: int, control) -> pd.DataFrame:
-        if isinstance(embedding, pd.DataFrame):
-            frame = embedding.copy()
-            frame.index = frame.index.astype(str)
-            if not frame.index.is_unique:
-                raise ValueError("The perturbation embedding DataFrame has duplicated gene names in its index.")
-            values = frame.to_numpy(dtype=np.float64)
-            if not np.all(np.isfinite(values)):
-                raise ValueError("The perturbation embedding DataFrame contains NaN or infinite values.")
-            return frame.astype(np.float32)
-        if embedding == "onehot":
-            return pd.DataFrame(np.eye(len(self.targets_), dtype=np.float32), index=self.targets_, columns=self.targets_)
-        if embedding == "coexpression":
-            return coexpression_embedding(control, self.adata.var_names, n_components=n_components, seed=seed)
-        raise ValueError(
-            f"Unknown perturbation_embedding {embedding!r}: use 'coexpression', 'onehot' or a "
-            "pandas DataFrame indexed by gene name."
-        )
-
-
-def _ridge_loo(x: torch.Tensor, y: torch.Tensor, penalties: Sequence[float]):
-    """Ridge regression of ``y`` on ``x`` with the least leave-one-out error.
-
-    Penalties are multiples of the mean squared norm of the centred ``x``, so the grid does
-    not depend on the embedding's scale.
-    """
-    mean_x, mean_y = x.mean(0), y.mean(0)
-    xc, yc = x - mean_x, y - mean_y
-    n = xc.shape[0]
-    gram = xc @ xc.T
-    scale = float(torch.diagonal(gram).mean().clamp_min(1e-12))
-    identity = torch.eye(n, dtype=x.dtype)
-    best = (np.inf, penalties[0], torch.zeros(x.shape[1], dtype=x.dtype))
-    for penalty in penalties:
-        inverse = torch.linalg.solve(gram + penalty * scale * identity, identity)
-        hat = gram @ inverse
-        leverage = (1.0 - torch.diagonal(hat)).clamp_min(1e-6)
-        residual = (yc - hat @ yc) / leverage
-        loo = float((residual**2).mean()) if n > 1 else 0.0
-        if loo < best[0]:
-            best = (loo, penalty, xc.T @ (inverse @ yc))
-    _, penalty, coef = best
-    return penalty, coef, mean_y - mean_x @ coef
-
-
-def _values(matrix) -> np.ndarray:
-    """The stored values of a dense or sparse matrix (for checks that ignore implicit zeros)."""
-    if sp.issparse(matrix):
-        return matrix.data
-    return np.asarray(matrix).ravel()
-
-
-def _check_finite(matrix, where: str) -> None:
-    bad = _count_nonfinite(matrix)
-    if bad:
-        raise ValueError(f"{where} contains {bad} NaN or infinite values; remove or impute them before setup_anndata.")
-
-
-def _count_nonfinite(matrix) -> int:
-    if isinstance(matrix, np.ndarray | np.matrix) or sp.issparse(matrix):
-        return int(np.size(_values(matrix)) - np.isfinite(_values(matrix)).sum())
-    return sum(_count_nonfinite(matrix[i : i + _CHUNK]) for i in range(0, matrix.shape[0], _CHUNK))
-
-
-def _check_counts(matrix, where: str) -> None:
-    for start in range(0, matrix.shape[0], _CHUNK):
-        values = _values(matrix[start : start + _CHUNK])
-        if np.any(values < 0):
-            raise ValueError(
-                f"likelihood='nb' needs raw counts, but {where} has negative values; pass the "
-                "counts layer (layer='counts' in setup_anndata)."
-            )
-        if np.any(np.abs(values - np.round(values)) > 1e-6):
-            raise ValueError(
-                f"likelihood='nb' needs integer counts, but {where} has non-integer values (log-normalised data?); "
-                "register the raw counts layer (setup_anndata(..., layer='counts')) or use likelihood='gaussian'."
-            )
-
-
-def _log_normalize(counts) -> np.ndarray | sp.spmatrix:
-    totals = np.asarray(counts.sum(axis=1)).ravel()
-    scale = 1e4 / np.maximum(totals, 1.0)
-    if sp.issparse(counts):
-        scaled = sp.diags(scale) @ counts
-        return scaled.log1p()
-    return np.log1p(np.asarray(counts) * scale[:, None])
-
-
-@contextlib.contextmanager
-def _torch_threads(n_threads: int | None) -> Iterator[None]:
-    """Use ``n_threads`` torch threads for the block, then set the previous count back."""
-    if n_threads is None:
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n_threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-def default_epochs(batches_per_epoch: int) -> int:
-    """Epochs giving about :data:`DEFAULT_TRAINING_STEPS` steps, between 10 and 500."""
-    return int(np.clip(round(DEFAULT_TRAINING_STEPS / max(batches_per_epoch, 1)), 10, 500))

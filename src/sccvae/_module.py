@@ -119,6 +119,7 @@ class SCCVAEModule(BaseModuleClass):
         target_temperature: float = 0.2,
         linear_decoder: bool = False,
         shared_response: bool = True,
+        perturbation_encoder: Literal["softmax", "direction"] = "softmax",
         seed: int = 0,
     ):
         super().__init__()
@@ -135,6 +136,11 @@ class SCCVAEModule(BaseModuleClass):
         self.node_weight = node_weight
         self.mean_weight = mean_weight
         self.target_temperature = target_temperature
+        if perturbation_encoder not in ("softmax", "direction"):
+            raise ValueError(
+                f"perturbation_encoder must be 'softmax' or 'direction', got {perturbation_encoder!r}."
+            )
+        self.perturbation_encoder_kind = perturbation_encoder
 
         label_targets = torch.as_tensor(np.asarray(label_targets), dtype=torch.float32)
         target_embedding = torch.as_tensor(np.asarray(target_embedding), dtype=torch.float32)
@@ -143,7 +149,9 @@ class SCCVAEModule(BaseModuleClass):
         self.register_buffer("label_is_control", label_targets.sum(dim=1) == 0)
         self.register_buffer("target_embedding", target_embedding)
         self.gene_nodes = node_genes is not None
-        genes = np.arange(n_latent) if node_genes is None else np.asarray(node_genes, dtype=np.int64)
+        genes = (
+            np.arange(n_latent) if node_genes is None else np.asarray(node_genes, dtype=np.int64)
+        )
         if self.gene_nodes and genes.shape != (n_latent,):
             raise ValueError(f"node_genes must name one gene per latent node ({n_latent}).")
         other = np.setdiff1d(np.arange(n_input), genes) if self.gene_nodes else np.arange(n_input)
@@ -161,7 +169,11 @@ class SCCVAEModule(BaseModuleClass):
         self.register_buffer("magnitude_coef", torch.zeros(embedding_dim))
         self.register_buffer("magnitude_intercept", torch.tensor(float(np.mean(initial))))
 
-        mlp_kwargs = {"use_batch_norm": False, "use_layer_norm": True, "activation_fn": nn.LeakyReLU}
+        mlp_kwargs = {
+            "use_batch_norm": False,
+            "use_layer_norm": True,
+            "activation_fn": nn.LeakyReLU,
+        }
         self.encoder = Encoder(
             n_input,
             n_latent,
@@ -173,15 +185,27 @@ class SCCVAEModule(BaseModuleClass):
             **mlp_kwargs,
         )
         self.perturbation_encoder = nn.Sequential(
-            FCLayers(embedding_dim, n_hidden_perturbation, n_layers=1, dropout_rate=0.0, **mlp_kwargs),
+            FCLayers(
+                embedding_dim, n_hidden_perturbation, n_layers=1, dropout_rate=0.0, **mlp_kwargs
+            ),
             nn.Linear(n_hidden_perturbation, n_latent),
         )
         self.magnitude = nn.Parameter(torch.as_tensor(initial.copy()))
         self.shared_shift = nn.Parameter(torch.zeros(n_latent), requires_grad=shared_response)
         self.shared_strength = nn.Parameter(torch.ones(n_targets), requires_grad=shared_response)
+        # what the latent structure does not explain of a trained target's effect, on the
+        # standardised genes: zero while training (training perturbations must not bypass the
+        # structure that unseen ones rely on), fitted after it (sccvae._calibration); unseen
+        # targets have none
+        self.register_buffer("target_residual", torch.zeros(n_targets, n_input))
         self.scm = LatentSCM(graph_mask, seed=seed)
         self.decoder_body = FCLayers(
-            n_latent, n_hidden, n_layers=n_layers, n_hidden=n_hidden, dropout_rate=dropout_rate, **mlp_kwargs
+            n_latent,
+            n_hidden,
+            n_layers=n_layers,
+            n_hidden=n_hidden,
+            dropout_rate=dropout_rate,
+            **mlp_kwargs,
         )
         self.decoder_out = nn.Linear(n_hidden, len(other))
         self.decoder_linear = nn.Linear(n_latent, len(other)) if linear_decoder else None
@@ -190,9 +214,17 @@ class SCCVAEModule(BaseModuleClass):
 
     # ----------------------------------------------------------------- interventions
     def target_distribution(self, target_embedding: torch.Tensor | None = None) -> torch.Tensor:
-        """Soft choice of latent nodes from an embedding: ``softmax(f(e_t) / T)``, ``targets x d``."""
+        """Where a target's shift goes, from its embedding, ``targets x d``.
+
+        ``softmax(f(e_t) / T)`` (a soft choice of nodes, the paper's), or with
+        ``perturbation_encoder="direction"`` the unit vector ``f(e_t) / |f(e_t)|`` (any
+        direction, both signs).
+        """
         embedding = self.target_embedding if target_embedding is None else target_embedding
-        return torch.softmax(self.perturbation_encoder(embedding) / self.target_temperature, dim=-1)
+        logits = self.perturbation_encoder(embedding)
+        if self.perturbation_encoder_kind == "direction":
+            return F.normalize(logits, dim=-1)
+        return torch.softmax(logits / self.target_temperature, dim=-1)
 
     def target_profile(self, nodes: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
         """Where each target's own shift goes, ``targets x d``.
@@ -214,6 +246,7 @@ class SCCVAEModule(BaseModuleClass):
             "embedding": self.target_embedding,
             "magnitude": self.magnitude,
             "shared_strength": self.shared_strength,
+            "residual": self.target_residual,
         }
 
     def target_shifts(self, targets: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -226,7 +259,9 @@ class SCCVAEModule(BaseModuleClass):
             profile = self.target_profile(targets["node"], targets["embedding"])
         return targets["magnitude"][:, None] * profile
 
-    def shift(self, target_weights: torch.Tensor, targets: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    def shift(
+        self, target_weights: torch.Tensor, targets: dict[str, torch.Tensor] | None = None
+    ) -> torch.Tensor:
         """Latent shift ``sum_t w_t (c_t a_t + gamma_t s)`` per row of ``target_weights``.
 
         ``target_weights`` is cells (or perturbations) x targets; ``targets`` describes its
@@ -237,7 +272,9 @@ class SCCVAEModule(BaseModuleClass):
         (e.g. unseen genes) or to scale a knock-down.
         """
         targets = self.training_targets() if targets is None else targets
-        per_target = self.target_shifts(targets) + targets["shared_strength"][:, None] * self.shared_shift
+        per_target = (
+            self.target_shifts(targets) + targets["shared_strength"][:, None] * self.shared_shift
+        )
         return target_weights @ per_target
 
     # ----------------------------------------------------------------- scales
@@ -268,7 +305,9 @@ class SCCVAEModule(BaseModuleClass):
 
     def _get_generative_input(self, tensors, inference_outputs, **kwargs) -> dict:
         control_x, perturbed_x, perturbed_labels = self._split_batch(tensors)
-        weights = torch.zeros(control_x.shape[0], self.label_targets.shape[1], device=control_x.device)
+        weights = torch.zeros(
+            control_x.shape[0], self.label_targets.shape[1], device=control_x.device
+        )
         weights[: perturbed_labels.shape[0]] = self.label_targets[perturbed_labels]
         return {
             "z": inference_outputs["z"],
@@ -317,14 +356,18 @@ class SCCVAEModule(BaseModuleClass):
         targets: dict[str, torch.Tensor] | None = None,
     ) -> dict:
         """Shift, propagate and decode: predictions for the perturbed and the unperturbed state."""
+        targets = self.training_targets() if targets is None else targets
         shift = self.shift(target_weights, targets)
         u = self.scm(z, shift)
         u_control = self.scm(z)
+        prediction = self.decode(u)
+        if "residual" in targets:
+            prediction = prediction + self.gene_scale * (target_weights @ targets["residual"])
         return {
             "shift": shift,
             "u": u,
             "u_control": u_control,
-            "prediction": self.decode(u),
+            "prediction": prediction,
             "control_prediction": self.decode(u_control),
             "library": library,
         }
@@ -335,7 +378,9 @@ class SCCVAEModule(BaseModuleClass):
             return _counts(decoded, library)
         return decoded
 
-    def abduct(self, source: torch.Tensor, prediction: torch.Tensor, control_prediction: torch.Tensor) -> torch.Tensor:
+    def abduct(
+        self, source: torch.Tensor, prediction: torch.Tensor, control_prediction: torch.Tensor
+    ) -> torch.Tensor:
         """Counterfactual of an observed control cell that keeps its own residual.
 
         With ``x = g(u0) + noise`` the counterfactual under the intervention is ``g(u) + noise``
@@ -343,7 +388,11 @@ class SCCVAEModule(BaseModuleClass):
         counts are scaled by the ratio of the decoded expected counts.
         """
         if self.likelihood == "nb":
-            return source * _counts(prediction, None) / _counts(control_prediction, None).clamp_min(1e-10)
+            return (
+                source
+                * _counts(prediction, None)
+                / _counts(control_prediction, None).clamp_min(1e-10)
+            )
         return source + prediction - control_prediction
 
     def loss(
@@ -367,12 +416,16 @@ class SCCVAEModule(BaseModuleClass):
         control_prediction = generative_outputs["control_prediction"]
         qz = inference_outputs["qz"]
 
-        kl_per_cell = kl_divergence(qz, Normal(torch.zeros_like(qz.loc), torch.ones_like(qz.scale))).mean(-1)
+        kl_per_cell = kl_divergence(
+            qz, Normal(torch.zeros_like(qz.loc), torch.ones_like(qz.scale))
+        ).mean(-1)
         control_rec = self._reconstruction(control_prediction, control_x)
         node_rec = torch.zeros_like(control_rec)
         if self.gene_nodes:
             observed_nodes = self.standardize(control_x)[:, self.node_genes]
-            node_rec = F.mse_loss(generative_outputs["u_control"], observed_nodes, reduction="none").mean(dim=1)
+            node_rec = F.mse_loss(
+                generative_outputs["u_control"], observed_nodes, reduction="none"
+            ).mean(dim=1)
         perturbed_rec = torch.zeros_like(control_rec)
         zero = torch.zeros((), device=control_x.device)
         mmd, mean_error = zero, zero
@@ -412,7 +465,11 @@ class SCCVAEModule(BaseModuleClass):
     def _reconstruction(self, decoded: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
         """Per-cell reconstruction error, averaged over genes."""
         if self.likelihood == "gaussian":
-            return F.mse_loss(self._standardized_prediction(decoded), self.standardize(observed), reduction="none").mean(dim=1)
+            return F.mse_loss(
+                self._standardized_prediction(decoded),
+                self.standardize(observed),
+                reduction="none",
+            ).mean(dim=1)
         library = observed.sum(dim=1, keepdim=True)
         nb = NegativeBinomial(mu=_counts(decoded, library), theta=self.log_dispersion.exp())
         return -nb.log_prob(observed).mean(dim=1)

@@ -8,13 +8,16 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.sparse as sp
 
+from ._inputs import dense
+from ._scm import build_graph_mask
+
 logger = logging.getLogger(__name__)
 
 NODE_ORDERS = ("targets_first", "variance", "random")
 
 #: Smallest standard deviation used to standardise a gene (log-normalised units), so that
 #: genes that barely vary among control cells are not blown up.
-MIN_SCALE = 1e-2
+MIN_SCALE = 0.1
 
 
 def control_moments(control_expression) -> tuple[np.ndarray, np.ndarray]:
@@ -83,3 +86,70 @@ def select_node_genes(
     missing = [g for g in chosen if g not in position]
     assert not missing, missing
     return chosen
+
+
+def gene_nodes(genes, targets, node_genes, n_latent, node_order, graph, density, seed, control):
+    """Everything the module needs about gene nodes.
+
+    Returns
+    -------
+    The graph mask, the node genes' names (in topological order), their columns, and the
+    centre and scale (control mean and standard deviation, at least :data:`MIN_SCALE`) of
+    every gene.
+    """
+    column = {g: i for i, g in enumerate(genes)}
+    wanted = [str(g) for g in (node_genes or [])]
+    unmeasured = [g for g in wanted if g not in column]
+    if unmeasured:
+        raise ValueError(
+            f"node_genes must be measured genes (var_names); not measured: {unmeasured[:20]}."
+        )
+    mean, sd = control_moments(control)
+    center, scale = mean, np.maximum(sd, MIN_SCALE)
+    required = [t for t in targets if t in column] + wanted
+    if isinstance(graph, str):
+        names = select_node_genes(genes, sd**2, required, n_latent, node_order, seed)
+        mask, _ = build_graph_mask(graph, len(names), density, seed)
+    else:
+        mask, names = build_graph_mask(graph, None, density, seed)
+        absent = [g for g in required if g not in set(names)]
+        if absent or any(g not in column for g in names):
+            raise ValueError(
+                "With gene nodes a user graph is a DAG over measured genes that includes every "
+                f"measured perturbation target and node_genes; missing: {absent[:20]}, not "
+                f"measured: {[g for g in names if g not in column][:20]}."
+            )
+    return mask, list(names), np.array([column[g] for g in names]), center, scale
+
+
+def observed_own_changes(
+    expression,
+    codes,
+    parsed,
+    targets,
+    target_nodes,
+    genes,
+    center,
+    scale,
+    counts: bool,
+    default: float = 3.0,
+) -> np.ndarray:
+    """Initial shift of every target: a node gene's own observed change, standardised.
+
+    The mean of its gene over the cells of its single perturbation, minus the control mean,
+    over the scale; ``default`` for targets that are not node genes or have no single
+    perturbation. ``counts``: ``expression`` holds counts (log-normalised here first).
+    """
+    initial = np.full(len(targets), default, dtype=np.float32)
+    column = {g: i for i, g in enumerate(genes)}
+    for i, t in enumerate(targets):
+        singles = [row for row, label_targets in enumerate(parsed) if label_targets == (t,)]
+        cells = np.flatnonzero(np.isin(codes, singles))
+        if target_nodes[i] < 0 or cells.size == 0:
+            continue
+        values = dense(expression[cells][:, [column[t]]]).ravel()
+        if counts:
+            libraries = np.asarray(expression[cells].sum(axis=1)).ravel()
+            values = np.log1p(1e4 * values / np.maximum(libraries, 1.0))
+        initial[i] = (values.mean() - center[column[t]]) / scale[column[t]]
+    return initial

@@ -12,12 +12,11 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
+from ._inputs import CHUNK, dense
 from ._interventions import build_intervention, unseen_magnitude
 from ._perturbations import canonical, check_control_label, perturbation_labels
 
 logger = logging.getLogger(__name__)
-
-_CHUNK = 2048
 
 
 class PredictionMixin:
@@ -82,10 +81,18 @@ class PredictionMixin:
         source = source if counterfactual else None
         blocks, obs = [], []
         for row, label in enumerate(perturbations):
-            cells = self._decode_intervention(z, library, intervention.weights[row], intervention.targets, source)
+            cells = self._decode_intervention(
+                z, library, intervention.weights[row], intervention.targets, source
+            )
             blocks.append(cells.cpu().numpy())
             obs.append(
-                pd.DataFrame({self.perturbation_key_: label, "seen": intervention.seen[row], "control_cell": names})
+                pd.DataFrame(
+                    {
+                        self.perturbation_key_: label,
+                        "seen": intervention.seen[row],
+                        "control_cell": names,
+                    }
+                )
             )
         return self._cells_to_anndata(blocks, pd.concat(obs), return_mean, self.perturbation_key_)
 
@@ -125,7 +132,15 @@ class PredictionMixin:
             targets = intervention.scaled(level)
             cells = self._decode_intervention(z, library, intervention.weights[0], targets, source)
             blocks.append(cells.cpu().numpy())
-            obs.append(pd.DataFrame({self.perturbation_key_: perturbation, "penetrance": level, "control_cell": names}))
+            obs.append(
+                pd.DataFrame(
+                    {
+                        self.perturbation_key_: perturbation,
+                        "penetrance": level,
+                        "control_cell": names,
+                    }
+                )
+            )
         return self._cells_to_anndata(blocks, pd.concat(obs), return_mean, "penetrance")
 
     @torch.inference_mode()
@@ -164,19 +179,30 @@ class PredictionMixin:
         expression = self._expression(adata)
         generator = torch.Generator().manual_seed(self._seed(seed))
         parts = []
-        for start in range(0, adata.n_obs, _CHUNK):
-            x = torch.as_tensor(_dense(expression[start : start + _CHUNK]), dtype=torch.float32, device=self.device)
+        for start in range(0, adata.n_obs, CHUNK):
+            x = torch.as_tensor(
+                dense(expression[start : start + CHUNK]), dtype=torch.float32, device=self.device
+            )
             qz = self.module.inference(x)["qz"]
-            z = qz.loc if give_mean else qz.loc + qz.scale * torch.randn(qz.loc.shape, generator=generator).to(self.device)
+            z = (
+                qz.loc
+                if give_mean
+                else qz.loc
+                + qz.scale * torch.randn(qz.loc.shape, generator=generator).to(self.device)
+            )
             parts.append((self.module.scm(z) if kind == "causal" else z).cpu().numpy())
         return np.concatenate(parts)
 
     # ------------------------------------------------------------------ helpers
     def _canonical_labels(self, perturbations: str | Sequence[str]) -> list[str]:
-        labels = [perturbations] if isinstance(perturbations, str) else [str(p) for p in perturbations]
+        labels = (
+            [perturbations] if isinstance(perturbations, str) else [str(p) for p in perturbations]
+        )
         if not labels:
             raise ValueError("No perturbations given to predict.")
-        return [canonical(label, self.control_label_, self.combination_delimiter_) for label in labels]
+        return [
+            canonical(label, self.control_label_, self.combination_delimiter_) for label in labels
+        ]
 
     def _unseen_node_magnitudes(self, genes: Sequence[int]) -> np.ndarray:
         """Own-node shift ``c`` of genes absent from training, by :attr:`unseen_magnitude_`."""
@@ -204,20 +230,23 @@ class PredictionMixin:
         """
         control, _ = self._control_expression(self.adata)
         rows = np.random.default_rng(self.seed_).permutation(control.shape[0])[:n_cells]
-        x = torch.as_tensor(_dense(control[np.sort(rows)]), dtype=torch.float32, device=self.device)
+        x = torch.as_tensor(dense(control[np.sort(rows)]), dtype=torch.float32, device=self.device)
         u = self.module.scm(self.module.inference(x)["qz"].loc)
         y = self.module.standardize(x)[:, torch.as_tensor(list(genes), device=self.device)]
         u, y = u - u.mean(0), y - y.mean(0)
         gram = u.T @ u
         penalty = 1e-3 * torch.diagonal(gram).mean().clamp_min(1e-8)
-        beta = torch.linalg.solve(gram + penalty * torch.eye(gram.shape[0], device=self.device), u.T @ y).T
+        beta = torch.linalg.solve(
+            gram + penalty * torch.eye(gram.shape[0], device=self.device), u.T @ y
+        ).T
         return beta / (beta**2).sum(dim=1, keepdim=True).clamp_min(1e-12)
 
     def _encode_controls(
         self, adata: ad.AnnData | None, n_cells: int, seed: int | None, sample: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, torch.Tensor]:
         """``n_cells`` control cells drawn with ``seed``: exogenous noise ``z``, library sizes,
-        names and expression (posterior means of ``z`` unless ``sample``)."""
+        names and expression (posterior means of ``z`` unless ``sample``).
+        """
         if n_cells < 1:
             raise ValueError(f"n_cells must be at least 1, got {n_cells}.")
         seed = self._seed(seed)
@@ -226,12 +255,14 @@ class PredictionMixin:
         # consecutive random permutations: every control cell is used as evenly as possible,
         # so the source cells' mean stays close to the control mean
         n_control = control.shape[0]
-        rows = np.concatenate([rng.permutation(n_control) for _ in range(-(-n_cells // n_control))])[:n_cells]
+        rows = np.concatenate(
+            [rng.permutation(n_control) for _ in range(-(-n_cells // n_control))]
+        )[:n_cells]
         generator = torch.Generator().manual_seed(seed)
         z_parts, library_parts, x_parts = [], [], []
-        for start in range(0, n_cells, _CHUNK):
-            chunk = control[rows[start : start + _CHUNK]]
-            x = torch.as_tensor(_dense(chunk), dtype=torch.float32, device=self.device)
+        for start in range(0, n_cells, CHUNK):
+            chunk = control[rows[start : start + CHUNK]]
+            x = torch.as_tensor(dense(chunk), dtype=torch.float32, device=self.device)
             qz = self.module.inference(x)["qz"]
             z = qz.loc
             if sample:
@@ -245,12 +276,12 @@ class PredictionMixin:
     def _decode_intervention(self, z, library, weights_row, targets, source=None) -> torch.Tensor:
         """Predicted cells under one intervention; with ``source`` cells, their counterfactuals."""
         out = []
-        for start in range(0, z.shape[0], _CHUNK):
-            z_chunk = z[start : start + _CHUNK]
+        for start in range(0, z.shape[0], CHUNK):
+            z_chunk = z[start : start + CHUNK]
             outputs = self.module.generative(
                 z_chunk,
                 weights_row.expand(z_chunk.shape[0], -1),
-                library=library[start : start + _CHUNK],
+                library=library[start : start + CHUNK],
                 targets=targets,
             )
             if source is None:
@@ -258,7 +289,9 @@ class PredictionMixin:
             else:
                 out.append(
                     self.module.abduct(
-                        source[start : start + _CHUNK], outputs["prediction"], outputs["control_prediction"]
+                        source[start : start + CHUNK],
+                        outputs["prediction"],
+                        outputs["control_prediction"],
                     )
                 )
         return torch.cat(out)
@@ -279,14 +312,12 @@ class PredictionMixin:
         obs.index = [f"{g}_{i}" for i, g in enumerate(obs[group_key].astype(str))]
         return ad.AnnData(X, obs=obs, var=pd.DataFrame(index=self.var_names_))
 
-    def _control_expression(self, adata: ad.AnnData | None) -> tuple[np.ndarray | sp.spmatrix, np.ndarray]:
+    def _control_expression(
+        self, adata: ad.AnnData | None
+    ) -> tuple[np.ndarray | sp.spmatrix, np.ndarray]:
         adata = self.adata if adata is None else adata
         self._check_genes(adata)
         labels = perturbation_labels(adata.obs, self.perturbation_key_)
         check_control_label(labels, self.control_label_, self.perturbation_key_)
         rows = np.flatnonzero(labels == self.control_label_)
         return self._expression(adata)[rows], adata.obs_names[rows].to_numpy()
-
-
-def _dense(matrix) -> np.ndarray:
-    return matrix.toarray() if sp.issparse(matrix) else np.asarray(matrix)

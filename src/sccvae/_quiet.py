@@ -37,7 +37,9 @@ class _DropMessages(logging.Filter):
 @contextlib.contextmanager
 def without_notices() -> Iterator[None]:
     """Filter the records of :data:`NOISE` for the duration of the block."""
-    installed = [(logging.getLogger(name), _DropMessages(fragments)) for name, fragments in NOISE.items()]
+    installed = [
+        (logging.getLogger(name), _DropMessages(fragments)) for name, fragments in NOISE.items()
+    ]
     for logger, noise_filter in installed:
         logger.addFilter(noise_filter)
     try:

@@ -92,7 +92,9 @@ def _as_digraph(graph: Any, n_latent: int | None) -> nx.DiGraph:
         raise TypeError("The latent graph must be directed: pass a networkx.DiGraph.")
     if isinstance(graph, pd.DataFrame):
         if list(graph.index) != list(graph.columns):
-            raise ValueError("A DataFrame latent graph needs the same node labels in index and columns.")
+            raise ValueError(
+                "A DataFrame latent graph needs the same node labels in index and columns."
+            )
         names = [str(n) for n in graph.index]
         matrix = graph.to_numpy()
     elif isinstance(graph, np.ndarray):
@@ -145,7 +147,9 @@ class LatentSCM(nn.Module):
         if mask_tensor.ndim != 2 or mask_tensor.shape[0] != mask_tensor.shape[1]:
             raise ValueError(f"The SCM mask must be square, got shape {tuple(mask_tensor.shape)}.")
         if torch.any(torch.tril(mask_tensor) != 0):
-            raise ValueError("The SCM mask must be strictly upper triangular (nodes in topological order).")
+            raise ValueError(
+                "The SCM mask must be strictly upper triangular (nodes in topological order)."
+            )
         self.n_nodes = mask_tensor.shape[0]
         self.register_buffer("mask", mask_tensor)
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -163,8 +167,12 @@ class LatentSCM(nn.Module):
         source = z if shift is None else z + shift
         if not self.has_edges:
             return source
-        system = torch.eye(self.n_nodes, device=z.device, dtype=z.dtype) - self.adjacency.to(z.dtype)
-        return torch.linalg.solve_triangular(system, source, upper=True, left=False, unitriangular=True)
+        system = torch.eye(self.n_nodes, device=z.device, dtype=z.dtype) - self.adjacency.to(
+            z.dtype
+        )
+        return torch.linalg.solve_triangular(
+            system, source, upper=True, left=False, unitriangular=True
+        )
 
     def total_effect(self) -> torch.Tensor:
         """``(I - B * M)^-1``: row ``i`` is how a unit shift of node ``i`` moves every node."""

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 
+import numpy as np
 import torch
 from scvi.train import TrainingPlan
 
-from ._constants import TRAIN_DEFAULTS
+from ._constants import DEFAULT_TRAINING_STEPS, SMALL_MODEL_PARAMETERS, TRAIN_DEFAULTS
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +37,14 @@ class SCCVAETrainingPlan(TrainingPlan):
     ``model_selection_validation = mmd + kl``.
     """
 
-    def __init__(self, module, *, lr: float = TRAIN_DEFAULTS["abstract"]["lr"], n_epochs_kl_warmup: int | None = 100, **kwargs):
+    def __init__(
+        self,
+        module,
+        *,
+        lr: float = TRAIN_DEFAULTS["abstract"]["lr"],
+        n_epochs_kl_warmup: int | None = 100,
+        **kwargs,
+    ):
         super().__init__(module, lr=lr, n_epochs_kl_warmup=n_epochs_kl_warmup, **kwargs)
 
     def on_train_start(self) -> None:
@@ -60,9 +70,13 @@ class SCCVAETrainingPlan(TrainingPlan):
         def create(params):
             params = list(params)
             try:
-                return optimizer_cls(params, lr=self.lr, eps=self.eps, weight_decay=self.weight_decay, fused=True)
+                return optimizer_cls(
+                    params, lr=self.lr, eps=self.eps, weight_decay=self.weight_decay, fused=True
+                )
             except (RuntimeError, TypeError, ValueError):  # device or dtype without a fused kernel
-                return optimizer_cls(params, lr=self.lr, eps=self.eps, weight_decay=self.weight_decay)
+                return optimizer_cls(
+                    params, lr=self.lr, eps=self.eps, weight_decay=self.weight_decay
+                )
 
         return create
 
@@ -116,7 +130,13 @@ class SCCVAETrainingPlan(TrainingPlan):
     def on_train_epoch_end(self) -> None:
         """Log the epoch's mean loss terms and the KL weight."""
         self._log_epoch("train")
-        self.log("kl_weight", float(self.kl_weight), on_step=False, on_epoch=True, sync_dist=self.use_sync_dist)
+        self.log(
+            "kl_weight",
+            float(self.kl_weight),
+            on_step=False,
+            on_epoch=True,
+            sync_dist=self.use_sync_dist,
+        )
 
     def validation_step(self, batch, batch_idx):
         """Validation loss on paired minibatches of held-out cells."""
@@ -125,3 +145,39 @@ class SCCVAETrainingPlan(TrainingPlan):
     def on_validation_epoch_end(self) -> None:
         """Log the validation epoch's mean loss terms."""
         self._log_epoch("validation")
+
+
+def default_epochs(batches_per_epoch: int) -> int:
+    """Epochs giving about :data:`DEFAULT_TRAINING_STEPS` steps, between 10 and 500."""
+    return int(np.clip(round(DEFAULT_TRAINING_STEPS / max(batches_per_epoch, 1)), 10, 500))
+
+
+def training_threads(n_threads, accelerator, module: torch.nn.Module) -> int | None:
+    """Resolve ``train(n_threads=...)`` to a torch thread count (``None``: torch's setting).
+
+    ``"auto"`` gives one thread to a model under :data:`SMALL_MODEL_PARAMETERS` parameters
+    on the CPU: as fast as all cores on an idle machine, far faster on a busy one.
+    """
+    if n_threads is None:
+        return None
+    if n_threads == "auto":
+        on_cpu = type(accelerator).__name__ == "CPUAccelerator"
+        small = sum(p.numel() for p in module.parameters()) < SMALL_MODEL_PARAMETERS
+        return 1 if on_cpu and small else None
+    if isinstance(n_threads, bool) or int(n_threads) < 1:
+        raise ValueError(f"n_threads must be 'auto', None or a positive integer, not {n_threads!r}.")
+    return int(n_threads)
+
+
+@contextlib.contextmanager
+def torch_threads(n_threads: int | None) -> Iterator[None]:
+    """Use ``n_threads`` torch threads for the block, then set the previous count back."""
+    if n_threads is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

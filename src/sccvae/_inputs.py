@@ -1,0 +1,59 @@
+"""Checking and reading the expression a user registers: finite values, counts, dense rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+#: Rows read at a time from a (possibly backed or sparse) matrix.
+CHUNK = 2048
+
+
+def dense(matrix) -> np.ndarray:
+    """A dense numpy array of a dense or sparse matrix (rows of it)."""
+    return matrix.toarray() if sp.issparse(matrix) else np.asarray(matrix)
+
+
+def _values(matrix) -> np.ndarray:
+    """The stored values of a dense or sparse matrix (for checks that ignore implicit zeros)."""
+    if sp.issparse(matrix):
+        return matrix.data
+    return np.asarray(matrix).ravel()
+
+
+def check_finite(matrix, where: str) -> None:
+    bad = _count_nonfinite(matrix)
+    if bad:
+        raise ValueError(
+            f"{where} contains {bad} NaN or infinite values; remove or impute them before setup_anndata."
+        )
+
+
+def _count_nonfinite(matrix) -> int:
+    if isinstance(matrix, np.ndarray | np.matrix) or sp.issparse(matrix):
+        return int(np.size(_values(matrix)) - np.isfinite(_values(matrix)).sum())
+    return sum(_count_nonfinite(matrix[i : i + CHUNK]) for i in range(0, matrix.shape[0], CHUNK))
+
+
+def check_counts(matrix, where: str) -> None:
+    for start in range(0, matrix.shape[0], CHUNK):
+        values = _values(matrix[start : start + CHUNK])
+        if np.any(values < 0):
+            raise ValueError(
+                f"likelihood='nb' needs raw counts, but {where} has negative values; pass the "
+                "counts layer (layer='counts' in setup_anndata)."
+            )
+        if np.any(np.abs(values - np.round(values)) > 1e-6):
+            raise ValueError(
+                f"likelihood='nb' needs integer counts, but {where} has non-integer values (log-normalised data?); "
+                "register the raw counts layer (setup_anndata(..., layer='counts')) or use likelihood='gaussian'."
+            )
+
+
+def log_normalize(counts) -> np.ndarray | sp.spmatrix:
+    totals = np.asarray(counts.sum(axis=1)).ravel()
+    scale = 1e4 / np.maximum(totals, 1.0)
+    if sp.issparse(counts):
+        scaled = sp.diags(scale) @ counts
+        return scaled.log1p()
+    return np.log1p(np.asarray(counts) * scale[:, None])
