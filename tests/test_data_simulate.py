@@ -230,7 +230,7 @@ def test_scenario_options_leave_the_default_screen_unchanged(sim):
         **SMALL, n_combinations=4, seed=3, shared_response=0.0, null_fraction=0.0
     )
     assert (same.X != sim.X).nnz == 0
-    assert set(scd.SIMULATION_SCENARIOS) == {"default", "shared-response", "weak"}
+    assert set(scd.SIMULATION_SCENARIOS) == {"default", "shared-response", "weak", "saturation"}
     assert scd.SIMULATION_SCENARIOS["default"] == {}
 
 

@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="simulated screen for --data simulated: default (60 knock-downs propagating "
         "through a gene network), shared-response (every perturbation also moves a common "
         "programme: the mean of training perturbations is a strong baseline), weak (30%% of "
-        "targets without downstream effect, variable knock-down efficiency)",
+        "targets without downstream effect, variable knock-down efficiency), saturation "
+        "(effects saturate: combinations are less than additive; use with --split combo)",
     )
     bench.add_argument(
         "--dataset",
@@ -108,7 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("unseen", "seen", "combo"),
         default="unseen",
         help="unseen: K folds of perturbations never seen in training; seen: cells of every "
-        "perturbation split 70/10/20; combo: held-out combinations",
+        "perturbation split 70/10/20; combo: held-out combinations (on simulated data a "
+        "screen with 30 doubles, half within a module, all held out while every single is "
+        "trained; --scenario saturation makes their truth non-additive)",
     )
     bench.add_argument("--folds", type=_positive_int, default=5, help="folds of the unseen split")
     bench.add_argument(

@@ -18,8 +18,12 @@ from typing import Any
 #: - ``"weak"``: 30 % of the targets have no downstream effect and every target's
 #:   knock-down efficiency varies between 20 % and 100 %, as in real screens where many
 #:   perturbations have no detectable transcriptional phenotype.
+#: - ``"saturation"``: effects saturate, ``tanh(delta)`` (``saturation=1``): a strong
+#:   effect is squashed, and the effect of a combination is less than the sum of its
+#:   parts where both move the same genes (non-additive truth; with ``--split combo``).
 SIMULATION_SCENARIOS: dict[str, dict[str, Any]] = {
     "default": {},
     "shared-response": {"shared_response": 0.3},
     "weak": {"null_fraction": 0.3, "efficiency": (0.2, 1.0)},
+    "saturation": {"saturation": 1.0},
 }
