@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import anndata as ad
@@ -9,7 +10,16 @@ import pytest
 import scipy.sparse as sp
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-PERTURBENCH_DEVEL = SHARED_DATA / "perturbench_devel.h5ad"
+#: perturbench's development subset (``src/perturbench/data/resources/devel.h5ad`` of
+#: github.com/altoslabs/perturbench, BSD-3): real Norman 2019 and McFaline-Figueroa 2023 cells
+PERTURBENCH_DEVEL = Path(
+    os.environ.get("SCCVAE_PERTURBENCH_DEVEL", SHARED_DATA / "perturbench_devel.h5ad")
+)
+PERTURBENCH_DEVEL_MISSING = (
+    f"perturbench's development subset is not at {PERTURBENCH_DEVEL}: copy "
+    "src/perturbench/data/resources/devel.h5ad from github.com/altoslabs/perturbench and set "
+    "SCCVAE_PERTURBENCH_DEVEL=/path/to/devel.h5ad to run this test"
+)
 
 
 def make_toy_adata(

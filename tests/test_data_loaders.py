@@ -14,9 +14,8 @@ import scipy.sparse as sp
 import sccvae.data as scd
 from sccvae.data import _download
 
-PERTURBENCH_DEVEL = (
-    Path(__file__).resolve().parents[1].parent / "shared" / "data" / "perturbench_devel.h5ad"
-)
+from .conftest import PERTURBENCH_DEVEL, PERTURBENCH_DEVEL_MISSING
+
 
 
 def _check_conventions(adata: ad.AnnData) -> None:
@@ -254,7 +253,7 @@ def test_recover_counts_roundtrip():
 
 
 @pytest.mark.skipif(
-    not PERTURBENCH_DEVEL.exists(), reason="../shared/data/perturbench_devel.h5ad not available"
+    not PERTURBENCH_DEVEL.exists(), reason=PERTURBENCH_DEVEL_MISSING
 )
 def test_perturbench_devel():
     adata = scd.perturbench_devel(PERTURBENCH_DEVEL, dataset="norman19")

@@ -9,7 +9,7 @@ import pytest
 
 from sccvae._perturbations import canonical
 
-from .conftest import PERTURBENCH_DEVEL
+from .conftest import PERTURBENCH_DEVEL, PERTURBENCH_DEVEL_MISSING
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,7 +53,7 @@ def test_cpu_ddp_two_processes(tmp_path):
     assert steps == {18}  # 2 epochs x 9 batches per process
 
 
-@pytest.mark.skipif(not PERTURBENCH_DEVEL.exists(), reason="../shared/data/perturbench_devel.h5ad not available")
+@pytest.mark.skipif(not PERTURBENCH_DEVEL.exists(), reason=PERTURBENCH_DEVEL_MISSING)
 def test_norman19_devel_end_to_end():
     import anndata as ad
 

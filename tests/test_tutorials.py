@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from .conftest import PERTURBENCH_DEVEL
+from .conftest import PERTURBENCH_DEVEL, PERTURBENCH_DEVEL_MISSING
 
 ROOT = Path(__file__).resolve().parents[1]
 TUTORIALS = ROOT / "tutorials"
@@ -80,7 +80,7 @@ def _check_metrics(output_dir: Path, methods: set[str], perturbations: set[str])
 
 
 @pytest.mark.skipif(
-    not PERTURBENCH_DEVEL.exists(), reason="../shared/data/perturbench_devel.h5ad not available"
+    not PERTURBENCH_DEVEL.exists(), reason=PERTURBENCH_DEVEL_MISSING
 )
 def test_norman2019_tutorial_on_devel_stand_in(tmp_path, monkeypatch):
     output_dir, notebook = _execute(
