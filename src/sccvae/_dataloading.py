@@ -232,7 +232,7 @@ class PerturbationDataSplitter(pl.LightningDataModule):
         )
 
     def _validation_indices(self) -> np.ndarray:
-        """Validation cells, paired with training controls when none were held out."""
+        """Return the validation cells, paired with training controls when none were held out."""
         val = self.val_idx
         if val.size and not self.is_control[val].any():
             val = np.concatenate([val, self.train_idx[self.is_control[self.train_idx]]])
@@ -243,7 +243,7 @@ class PerturbationDataSplitter(pl.LightningDataModule):
         return self._loader(self.train_idx, shuffle=True)
 
     def val_dataloader(self) -> PairedPerturbationDataLoader | list:
-        """Fixed paired minibatches over the validation cells (none if there are none)."""
+        """Return fixed paired minibatches over the validation cells (none if there are none)."""
         val = self._validation_indices()
         if not (~self.is_control[val]).any():
             return []

@@ -81,7 +81,7 @@ def coexpression_embedding(
 def build_embedding(
     embedding, targets: list[str], genes, control, n_components: int, seed: int
 ) -> pd.DataFrame:
-    """The model's target embedding: a user DataFrame (checked), one-hot, or coexpression.
+    """Build the target embedding: a user DataFrame (checked), one-hot, or coexpression.
 
     Parameters
     ----------

@@ -10,12 +10,12 @@ CHUNK = 2048
 
 
 def dense(matrix) -> np.ndarray:
-    """A dense numpy array of a dense or sparse matrix (rows of it)."""
+    """Return a dense numpy array of a dense or sparse matrix (rows of it)."""
     return matrix.toarray() if sp.issparse(matrix) else np.asarray(matrix)
 
 
 def _values(matrix) -> np.ndarray:
-    """The stored values of a dense or sparse matrix (for checks that ignore implicit zeros)."""
+    """Return the stored values of a matrix (for checks that ignore implicit zeros)."""
     if sp.issparse(matrix):
         return matrix.data
     return np.asarray(matrix).ravel()
@@ -25,7 +25,8 @@ def check_finite(matrix, where: str) -> None:
     bad = _count_nonfinite(matrix)
     if bad:
         raise ValueError(
-            f"{where} contains {bad} NaN or infinite values; remove or impute them before setup_anndata."
+            f"{where} contains {bad} NaN or infinite values; remove or impute them before "
+            "setup_anndata."
         )
 
 
@@ -45,8 +46,9 @@ def check_counts(matrix, where: str) -> None:
             )
         if np.any(np.abs(values - np.round(values)) > 1e-6):
             raise ValueError(
-                f"likelihood='nb' needs integer counts, but {where} has non-integer values (log-normalised data?); "
-                "register the raw counts layer (setup_anndata(..., layer='counts')) or use likelihood='gaussian'."
+                f"likelihood='nb' needs integer counts, but {where} has non-integer values "
+                "(log-normalised data?); register the raw counts layer "
+                "(setup_anndata(..., layer='counts')) or use likelihood='gaussian'."
             )
 
 

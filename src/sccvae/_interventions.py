@@ -11,8 +11,8 @@ values; a target absent from training by values predicted from the training targ
   ``beta`` the regression of its standardised expression on the node values of control
   cells, the shift ``c beta / |beta|^2`` moves the linear prediction of the gene by ``c``;
 - any **other embedded target** (e.g. an unmeasured gene with a user embedding) takes the
-  perturbation encoder's softmax over nodes and a magnitude from a ridge map of the
-  embedding fitted on the training targets;
+  perturbation encoder's profile over nodes (softmax or signed direction) and a magnitude
+  from a ridge map of the embedding fitted on the training targets;
 - every target adds the shared shift with the mean training strength ``gamma``.
 """
 
@@ -63,7 +63,7 @@ def unseen_magnitude(
 def choose_unseen_magnitude(
     magnitudes: np.ndarray, center: np.ndarray, scale: np.ndarray
 ) -> tuple[str, dict[str, float]]:
-    """The rule whose leave-one-target-out prediction of the training ``c`` errs least.
+    """Return the rule whose leave-one-target-out prediction of the training ``c`` errs least.
 
     The error is measured on the log-normalised scale (``c * scale``), where knock-downs of
     different genes are comparable. With fewer than 3 training targets, ``"standardized"``.
@@ -151,7 +151,7 @@ class Intervention:
     names: list[str]
 
     def scaled(self, factor: float) -> dict[str, torch.Tensor]:
-        """The targets with every shift scaled by ``factor`` (a partial knock-down)."""
+        """Return the targets with every shift scaled by ``factor`` (a partial knock-down)."""
         return {
             **self.targets,
             "magnitude": self.targets["magnitude"] * factor,

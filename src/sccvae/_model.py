@@ -143,7 +143,7 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
         rule that predicts the training targets best, leave-one-target-out.
     init_magnitude
         Initial shift ``c_t`` of every target. ``None`` (default): a node gene starts from
-        its own observed change (standardised) in its training cells, other targets from 3.
+        its own observed change (standardised) in the registered cells, other targets from 3.
     target_temperature
         Temperature of the softmax choosing latent nodes (the reference uses 1).
     seed

@@ -44,8 +44,9 @@ class SCCVAEModule(BaseModuleClass):
     - **abstract nodes** (the paper's model): the decoder maps all nodes to all genes and a
       target shifts ``c_t softmax(f(e_t) / T)``, a soft choice of nodes from its embedding.
 
-    In both, a target that is not a node gene (e.g. an unmeasured gene) takes the
-    perturbation encoder's softmax, and every target adds ``gamma_t s``: a learned shift
+    In both, a target that is not a node gene (e.g. an unmeasured gene) goes through the
+    perturbation encoder (``perturbation_encoder``: a softmax or a signed unit direction
+    over nodes from its embedding), and every target adds ``gamma_t s``: a learned shift
     shared by all perturbations (the response common to all of them), with a strength of its
     own. Shifts of a combination add before propagation.
 
@@ -138,7 +139,8 @@ class SCCVAEModule(BaseModuleClass):
         self.target_temperature = target_temperature
         if perturbation_encoder not in ("softmax", "direction"):
             raise ValueError(
-                f"perturbation_encoder must be 'softmax' or 'direction', got {perturbation_encoder!r}."
+                "perturbation_encoder must be 'softmax' or 'direction', "
+                f"got {perturbation_encoder!r}."
             )
         self.perturbation_encoder_kind = perturbation_encoder
 
@@ -229,18 +231,18 @@ class SCCVAEModule(BaseModuleClass):
     def target_profile(self, nodes: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
         """Where each target's own shift goes, ``targets x d``.
 
-        A node gene's own node (one-hot); the perturbation encoder's softmax for the others.
+        A node gene's own node (one-hot); the perturbation encoder's output for the others.
         """
-        softmax = self.target_distribution(embedding)
-        own = F.one_hot(nodes.clamp_min(0), self.n_latent).to(softmax.dtype)
-        return torch.where((nodes >= 0)[:, None], own, softmax)
+        encoded = self.target_distribution(embedding)
+        own = F.one_hot(nodes.clamp_min(0), self.n_latent).to(encoded.dtype)
+        return torch.where((nodes >= 0)[:, None], own, encoded)
 
     def predicted_magnitude(self, target_embedding: torch.Tensor) -> torch.Tensor:
-        """Shift magnitude of targets not seen in training and not node genes, from their embedding."""
+        """Predict the shift magnitude of unseen targets that are not node genes."""
         return target_embedding @ self.magnitude_coef + self.magnitude_intercept
 
     def training_targets(self) -> dict[str, torch.Tensor]:
-        """The description of the training targets that :meth:`shift` uses by default."""
+        """Return the description of the training targets that :meth:`shift` uses by default."""
         return {
             "node": self.target_nodes,
             "embedding": self.target_embedding,
@@ -279,7 +281,7 @@ class SCCVAEModule(BaseModuleClass):
 
     # ----------------------------------------------------------------- scales
     def log_expression(self, x: torch.Tensor) -> torch.Tensor:
-        """The cells' expression on the log-normalised scale (counts are normalised first)."""
+        """Return the cells' expression on the log-normalised scale (counts normalised first)."""
         if self.likelihood == "nb":
             return torch.log1p(_NB_SCALE_FACTOR * x / x.sum(dim=1, keepdim=True).clamp_min(1.0))
         return x
@@ -332,7 +334,7 @@ class SCCVAEModule(BaseModuleClass):
         return {"qz": qz, "z": z}
 
     def decode(self, u: torch.Tensor) -> torch.Tensor:
-        """Decoded expression on the log-normalised scale.
+        """Decode to expression on the log-normalised scale.
 
         Node genes are read off their nodes; the other genes come from the decoder network.
         """
@@ -373,7 +375,7 @@ class SCCVAEModule(BaseModuleClass):
         }
 
     def expression_mean(self, decoded: torch.Tensor, library: torch.Tensor | None) -> torch.Tensor:
-        """Decoded expression in the input's space (log-normalised values or expected counts)."""
+        """Decode to expression in the input's space (log-normalised values or expected counts)."""
         if self.likelihood == "nb":
             return _counts(decoded, library)
         return decoded
@@ -402,7 +404,7 @@ class SCCVAEModule(BaseModuleClass):
         generative_outputs: dict,
         kl_weight: float = 1.0,
     ) -> LossOutput:
-        """The paper's loss, plus the batch-mean and node terms.
+        """Compute the paper's loss, plus the batch-mean and node terms.
 
         ``MSE + alpha * MMD + beta * KL + lambda * control reconstruction`` (MSE between
         unpaired predicted and observed perturbed cells; NB NLL for counts), ``+ mean_weight *
@@ -488,7 +490,7 @@ class SCCVAEModule(BaseModuleClass):
 
 
 def _counts(log_expression: torch.Tensor, library: torch.Tensor | None) -> torch.Tensor:
-    """Expected counts of decoded log-normalised expression at a library size (1e4 if ``None``).
+    """Return expected counts of log-normalised expression at a library size (1e4 if None).
 
     ``log1p`` is inverted through a sharp softplus (decoded values below zero give small
     positive rates, with a gradient) and the rates are normalised to sum to the library

@@ -42,7 +42,7 @@ def select_node_genes(
     order: str = "targets_first",
     seed: int = 0,
 ) -> list[str]:
-    """The genes the latent nodes stand for, in the SCM's topological order.
+    """Choose the genes the latent nodes stand for, in the SCM's topological order.
 
     Every ``target`` (measured perturbation targets and genes a user wants as nodes) is a
     node; the most variable other genes (control variance) fill the remaining places up to
@@ -134,7 +134,7 @@ def observed_own_changes(
     counts: bool,
     default: float = 3.0,
 ) -> np.ndarray:
-    """Initial shift of every target: a node gene's own observed change, standardised.
+    """Return every target's initial shift: a node gene's own observed change, standardised.
 
     The mean of its gene over the cells of its single perturbation, minus the control mean,
     over the scale; ``default`` for targets that are not node genes or have no single

@@ -244,8 +244,10 @@ class PredictionMixin:
     def _encode_controls(
         self, adata: ad.AnnData | None, n_cells: int, seed: int | None, sample: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, torch.Tensor]:
-        """``n_cells`` control cells drawn with ``seed``: exogenous noise ``z``, library sizes,
-        names and expression (posterior means of ``z`` unless ``sample``).
+        """Encode ``n_cells`` control cells drawn with ``seed``.
+
+        Returns their exogenous noise ``z`` (posterior means unless ``sample``), library
+        sizes, names and expression.
         """
         if n_cells < 1:
             raise ValueError(f"n_cells must be at least 1, got {n_cells}.")

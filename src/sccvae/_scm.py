@@ -109,8 +109,8 @@ def _as_digraph(graph: Any, n_latent: int | None) -> nx.DiGraph:
         raise ValueError(f"The latent graph adjacency must be square, got shape {matrix.shape}.")
     if n_latent is not None and matrix.shape[0] != n_latent:
         raise ValueError(
-            f"The latent graph adjacency is {matrix.shape[0]} x {matrix.shape[1]} but the model has "
-            f"n_latent={n_latent}; pass a {n_latent} x {n_latent} adjacency or change n_latent."
+            f"The latent graph adjacency is {matrix.shape[0]} x {matrix.shape[1]} but the model "
+            f"has n_latent={n_latent}; pass a {n_latent} x {n_latent} adjacency or change it."
         )
     matrix = np.asarray(matrix, dtype=np.float64)
     if not np.all(np.isfinite(matrix)):

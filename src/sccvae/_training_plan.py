@@ -15,7 +15,7 @@ from ._constants import DEFAULT_TRAINING_STEPS, SMALL_MODEL_PARAMETERS, TRAIN_DE
 logger = logging.getLogger(__name__)
 
 # Logged every epoch for train and validation; "model_selection" follows the reference
-# (validation MMD + KL), and is what early stopping watches by default.
+# (validation MMD + KL); early stopping watches "validation_loss" unless told otherwise.
 LOSS_COMPONENTS = (
     "perturbed_reconstruction",
     "mmd",
@@ -29,10 +29,11 @@ LOSS_COMPONENTS = (
 class SCCVAETrainingPlan(TrainingPlan):
     """:class:`scvi.train.TrainingPlan` with the reference's defaults for SCCVAE.
 
-    Adam with ``lr=1e-3`` (the reference uses 5e-4 over far more steps), ``eps=0.01``,
-    ``weight_decay=1e-6``; the KL weight rises linearly
-    from 0 to 1 over ``n_epochs_kl_warmup`` epochs (the model sets it to the number of epochs
-    it trains for). Each loss term is logged per epoch as ``{term}_train`` /
+    Adam with ``eps=0.01`` and ``weight_decay=1e-6``; ``lr`` and the final KL weight
+    ``max_kl_weight`` come from :meth:`SCCVAE.train <sccvae.SCCVAE.train>` (``2e-3`` and
+    ``0.1`` with gene nodes, the paper's ``1e-3`` and ``1`` with abstract nodes). The KL
+    weight rises linearly from 0 over ``n_epochs_kl_warmup`` epochs (the model sets it to
+    the number of epochs it trains for). Each loss term is logged per epoch as ``{term}_train`` /
     ``{term}_validation`` with ``sync_dist`` so the logs are correct under DDP, plus
     ``model_selection_validation = mmd + kl``.
     """
@@ -139,7 +140,7 @@ class SCCVAETrainingPlan(TrainingPlan):
         )
 
     def validation_step(self, batch, batch_idx):
-        """Validation loss on paired minibatches of held-out cells."""
+        """Compute the validation loss on paired minibatches of held-out cells."""
         self._loss_step(batch, "validation")
 
     def on_validation_epoch_end(self) -> None:
@@ -165,7 +166,9 @@ def training_threads(n_threads, accelerator, module: torch.nn.Module) -> int | N
         small = sum(p.numel() for p in module.parameters()) < SMALL_MODEL_PARAMETERS
         return 1 if on_cpu and small else None
     if isinstance(n_threads, bool) or int(n_threads) < 1:
-        raise ValueError(f"n_threads must be 'auto', None or a positive integer, not {n_threads!r}.")
+        raise ValueError(
+            f"n_threads must be 'auto', None or a positive integer, not {n_threads!r}."
+        )
     return int(n_threads)
 
 
