@@ -190,3 +190,17 @@ def test_format_table_orientation():
     table = format_table(summary)
     assert table.loc["mse_all", "sccvae"] == "0.100 [0.050, 0.150]"
     assert table.loc["mse_all", "mean"].endswith("win 75%")
+
+
+def test_methods_added_to_the_registry_are_accepted(monkeypatch):
+    """A variant registered at run time (as benchmarks/ablations.py does) can be run by name."""
+    from sccvae.benchmark import _methods
+
+    variant = _methods._sccvae_variant("SCCVAE with 8 hidden units", n_hidden=8)
+    monkeypatch.setitem(_methods.REGISTRY, "sccvae[tiny]", variant)
+    assert _methods.parse_methods("sccvae[tiny],mean", "unseen") == ["sccvae[tiny]", "mean"]
+    assert variant.model_kwargs == {"n_hidden": 8} and variant.train_kwargs == {}
+    uncalibrated = _methods.REGISTRY["sccvae_uncalibrated"]
+    assert uncalibrated.is_sccvae and uncalibrated.train_kwargs == {"calibrate": False}
+    with pytest.raises(sccvae.benchmark.BenchmarkInputError, match="Unknown method"):
+        _methods.parse_methods("sccvae[nope]", "unseen")

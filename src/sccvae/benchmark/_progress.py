@@ -68,24 +68,19 @@ def epoch_callback(progress: Progress, task: Any):
 @contextlib.contextmanager
 def cpu_threads(n_threads: int | None) -> Iterator[None]:
     """Limit torch and BLAS (numpy / scipy) CPU threads for the run, restoring them after."""
-    import torch
+    from sccvae._training_plan import torch_threads
 
     if n_threads is None:
         yield
         return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(int(n_threads))
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:  # pragma: no cover - comes with scikit-learn
         limits = contextlib.nullcontext()
     else:
         limits = threadpool_limits(limits=int(n_threads))
-    try:
-        with limits:
-            yield
-    finally:
-        torch.set_num_threads(previous)
+    with torch_threads(int(n_threads)), limits:
+        yield
 
 
 @contextlib.contextmanager

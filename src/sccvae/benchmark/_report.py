@@ -18,30 +18,14 @@ import pandas as pd
 from sccvae.metrics import METRICS
 
 from ._methods import REGISTRY
-from ._result import BenchmarkResult, _fmt, format_table
+from ._result import HEADLINE_METRICS, BenchmarkResult, _fmt, format_table
 
 logger = logging.getLogger(__name__)
 
-#: Metrics drawn as bar plots.
-PLOT_METRICS: tuple[str, ...] = (
-    "pearson_delta_all",
-    "pearson_delta_de",
-    "pearson_delta_de_notarget",
-    "mse_de",
-    "discrimination_score",
-    "de_overlap",
-)
-
-
-#: Metrics that get a one-line verdict at the end of the terminal output and summary.md.
-VERDICT_METRICS: tuple[str, ...] = (
-    "pearson_delta_all",
-    "pearson_delta_de",
-    "pearson_delta_de_notarget",
-    "mse_de",
-    "discrimination_score",
-    "de_overlap",
-)
+#: The headline metrics: drawn as bar plots, and each gets a one-line verdict at the end of
+#: the terminal output and summary.md.
+PLOT_METRICS: tuple[str, ...] = HEADLINE_METRICS
+VERDICT_METRICS: tuple[str, ...] = HEADLINE_METRICS
 
 
 def verdicts(result: BenchmarkResult, category: str = "all") -> list[str]:

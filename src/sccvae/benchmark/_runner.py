@@ -27,18 +27,13 @@ from ._data import SPLITS, _describe, _make_splits, _onehot_embedding, _working_
 from ._errors import BenchmarkInputError
 from ._methods import DEFAULT_MAX_EPOCHS, DEFAULT_MODEL_KWARGS, REGISTRY, fit_method, parse_methods
 from ._progress import Progress, cpu_threads, quiet_lightning
-from ._result import BenchmarkResult
+from ._result import HEADLINE_METRICS, BenchmarkResult
 
 logger = logging.getLogger(__name__)
 
 #: Metrics reported by default (table, summary.md), in this order.
 KEY_METRICS: tuple[str, ...] = (
-    "pearson_delta_all",
-    "pearson_delta_de",
-    "pearson_delta_de_notarget",
-    "mse_de",
-    "discrimination_score",
-    "de_overlap",
+    *HEADLINE_METRICS,
     "mae_all",
     "direction_accuracy_de",
     "pearson_delta_pertmean_all",

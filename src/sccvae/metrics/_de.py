@@ -36,7 +36,8 @@ class ReferenceCells:
         self._offset = np.arange(self.n_genes) * self._span
         self._sorted = np.sort((cells - self._low + self._offset).T, axis=None)
         self._start = np.arange(self.n_genes) * self.n_cells
-        self.log_pseudobulk = np.log2(np.expm1(cells.mean(axis=0)))
+        with np.errstate(divide="ignore"):  # a gene never expressed: -inf, as in cell-eval
+            self.log_pseudobulk = np.log2(np.expm1(cells.mean(axis=0)))
         # tie term of the control cells alone, sum over tied values of t^3 - t
         _, first, counts = np.unique(self._sorted, return_index=True, return_counts=True)
         gene = first // self.n_cells
