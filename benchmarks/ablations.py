@@ -35,9 +35,11 @@ VARIANTS: dict[str, dict] = {
     "variance_order": {"node_order": "variance"},
     "no_mean_term": {"mean_weight": 0.0},
     "no_shared_shift": {"shared_response": False},
-    "mmd_10": {"mmd_weight": 10.0},
+    "mmd_1": {"mmd_weight": 1.0},
     "two_layers": {"n_layers": 2},
-    "control_weight_0.25": {"control_reconstruction_weight": 0.25},
+    "hidden_128": {"n_hidden": 128},
+    "n_latent_128": {"n_latent": 128},
+    "control_weight_1": {"control_reconstruction_weight": 1.0},
     "node_weight_10": {"node_weight": 10.0},
 }
 RULES = ("standardized", "log", "relative")
