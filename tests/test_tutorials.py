@@ -118,4 +118,8 @@ def test_replogle2022_tutorial_on_simulated_stand_in(tmp_path, monkeypatch):
     # one fold of five: about a fifth of the kept knock-downs, all single genes
     assert 2 <= len(test_perturbations) <= info["n_perturbations_kept"] // 4
     assert not any("+" in p for p in test_perturbations)
-    _check_metrics(output_dir, {"sccvae", "control", "mean", "linear"}, test_perturbations)
+    _check_metrics(
+        output_dir,
+        {"sccvae", "control", "mean", "linear", "coexpression", "knn"},
+        test_perturbations,
+    )
