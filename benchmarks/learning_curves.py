@@ -36,7 +36,7 @@ def _curves(adata, key: str, train_idx, val_idx, every: int, factor: float, embe
     import torch
 
     import sccvae
-    from sccvae._model import default_epochs
+    from sccvae._training_plan import default_epochs
     from sccvae._perturbations import canonical
     from sccvae.metrics import pearson
 
@@ -67,7 +67,8 @@ def _curves(adata, key: str, train_idx, val_idx, every: int, factor: float, embe
             r = [pearson(pred[canonical(p)].X[0] - source, observed[p]) for p in val_perts]
             scores.append((epoch, float(np.nanmean(r))))
 
-    batches = -(-np.unique(labels[train_pos][labels[train_pos] != "control"], return_counts=True)[1] // 64)
+    perturbed = labels[train_pos][labels[train_pos] != "control"]
+    batches = -(-np.unique(perturbed, return_counts=True)[1] // 64)
     default = default_epochs(int(batches.sum()))
     epochs = int(round(factor * default))
     torch.set_num_threads(1)

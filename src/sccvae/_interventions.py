@@ -176,38 +176,39 @@ def build_intervention(model, perturbations: Sequence[str]) -> Intervention:
     )
     measured = set(model.var_names_)
     embedded = set(model.gene_embedding_.index)
-    unknown = [
-        t
-        for t in names
-        if t not in seen and t not in node_of and t not in measured and t not in embedded
-    ]
-    if model.latent_nodes_ == "abstract":
-        unknown = [t for t in names if t not in seen and t not in embedded]
+    # with gene nodes any measured gene can be represented; abstract nodes need an embedding
+    representable = embedded | (
+        set(node_of) | measured if model.latent_nodes_ == "genes" else set()
+    )
+    unknown = [t for t in names if t not in seen and t not in representable]
     if unknown:
         raise ValueError(
             f"Cannot represent perturbation target(s) {unknown}: {_unknown_hint(model)}."
         )
 
     n = len(names)
+    column_of = {t: i for i, t in enumerate(names)}
     with torch.no_grad():
-        shared_mean = module.shared_strength.detach().mean()
         embedding = torch.as_tensor(
             model.gene_embedding_.reindex(names).fillna(0.0).to_numpy(np.float32), device=device
         )
-        nodes = torch.full((n,), -1, dtype=torch.long, device=device)
-        magnitude = module.predicted_magnitude(embedding)
-        shared = shared_mean.expand(n).clone()
-        residual = torch.zeros(n, module.n_input, device=device)
-        for i, t in enumerate(names):
-            if t in seen:
-                row = seen[t]
-                embedding[i] = module.target_embedding[row]
-                nodes[i] = module.target_nodes[row]
-                magnitude[i] = module.magnitude.detach()[row]
-                shared[i] = module.shared_strength.detach()[row]
-                residual[i] = module.target_residual[row]
-            elif t in node_of:
-                nodes[i] = node_of[t]
+        targets = {
+            "node": torch.full((n,), -1, dtype=torch.long, device=device),
+            "embedding": embedding,
+            "magnitude": module.predicted_magnitude(embedding),
+            "shared_strength": module.shared_strength.detach().mean().expand(n).clone(),
+            "residual": torch.zeros(n, module.n_input, device=device),
+        }
+        for t in names:
+            if t not in seen and t in node_of:
+                targets["node"][column_of[t]] = node_of[t]
+        # a trained target is described exactly as the module describes it in training
+        trained = [(column_of[t], seen[t]) for t in names if t in seen]
+        if trained:
+            columns, rows = (torch.as_tensor(v, device=device) for v in zip(*trained, strict=True))
+            for key, value in module.training_targets().items():
+                targets[key][columns] = value.detach()[rows]
+        nodes, magnitude = targets["node"], targets["magnitude"]
         profile = module.target_profile(nodes, embedding)
         new_nodes = [t for t in names if t not in seen and t in node_of]
         proxies = [
@@ -223,23 +224,15 @@ def build_intervention(model, perturbations: Sequence[str]) -> Intervention:
             genes = [column[t] for t in new_nodes + proxies]
             values = model._unseen_node_magnitudes(genes)
             for t, value in zip(new_nodes + proxies, values, strict=True):
-                magnitude[names.index(t)] = float(value)
+                magnitude[column_of[t]] = float(value)
         if proxies:
             directions = model._proxy_directions([column[t] for t in proxies])
             for t, direction in zip(proxies, directions, strict=True):
-                profile[names.index(t)] = direction
+                profile[column_of[t]] = direction
+        targets["profile"] = profile
     weights = torch.zeros(len(parsed), n, device=device)
-    column_of = {t: i for i, t in enumerate(names)}
     for row, target_set in enumerate(parsed):
         weights[row, [column_of[t] for t in target_set]] = 1.0
-    targets = {
-        "node": nodes,
-        "embedding": embedding,
-        "profile": profile,
-        "magnitude": magnitude,
-        "shared_strength": shared,
-        "residual": residual,
-    }
     all_seen = [all(t in seen for t in target_set) for target_set in parsed]
     return Intervention(weights, targets, all_seen, names)
 
