@@ -108,8 +108,19 @@ def test_unseen_node_gene_shifts_its_own_gene(trained_model):
     model = trained_model
     unseen_node = next(g for g in model.latent_node_names_ if g not in model.targets_)
     column = list(model.var_names_).index(unseen_node)
-    dose = model.simulate_knockdown(unseen_node, penetrance=(0.0, 0.5, 1.0), n_cells=50, seed=0, return_mean=True)
-    own = dose.X[:, column]
+    def dose_response(**kwargs):
+        return model.simulate_knockdown(unseen_node, penetrance=(0.0, 0.5, 1.0), n_cells=50, seed=0, **kwargs)
+
+    floor = model.module.expression_floor.clone()
+    assert floor.item() == 0.0  # log-normalised data: no cell is predicted below zero
+    clipped = dose_response()
+    model.module.expression_floor.fill_(-np.inf)  # the structure itself, without the floor
+    unclipped = dose_response()
+    model.module.expression_floor.copy_(floor)
+    assert clipped.X.min() >= 0.0 and unclipped.X.min() < 0.0
+    np.testing.assert_allclose(clipped.X, np.maximum(unclipped.X, 0.0))
+    groups = unclipped.obs["penetrance"].to_numpy()
+    own = np.array([unclipped.X[groups == p, column].mean() for p in (0.0, 0.5, 1.0)])
     latents = model.get_perturbation_latents([unseen_node], n_cells=50, seed=0)
     node = model.latent_node_names_.index(unseen_node)
     causal_change = latents.X[0, node] - latents.uns["control_causal_mean"][node]

@@ -36,6 +36,21 @@ def _count_nonfinite(matrix) -> int:
     return sum(_count_nonfinite(matrix[i : i + CHUNK]) for i in range(0, matrix.shape[0], CHUNK))
 
 
+def expression_floor(matrix) -> float | None:
+    """Return the floor of the expression: 0 if no value is negative, else ``None``.
+
+    For non-negative (e.g. ``log1p``) data no prediction goes below 0, as a knock-down cannot
+    take a gene below zero counts.
+    """
+    if isinstance(matrix, np.ndarray | np.matrix) or sp.issparse(matrix):
+        values = _values(matrix)
+        lowest = float(values.min()) if values.size else 0.0
+    else:
+        rows = range(0, matrix.shape[0], CHUNK)
+        lowest = min(float(dense(matrix[i : i + CHUNK]).min()) for i in rows)
+    return 0.0 if lowest >= 0 else None
+
+
 def check_counts(matrix, where: str) -> None:
     for start in range(0, matrix.shape[0], CHUNK):
         values = _values(matrix[start : start + CHUNK])

@@ -80,6 +80,8 @@ class InterpretationMixin:
         AnnData with ``X`` = mean causal latent ``u`` of the perturbed cells (nodes as
         ``var_names``: gene names for gene nodes), ``obsm["shift"]`` = ``sum_t c_t a_t`` (the
         targets' own shifts), ``obsm["shared_shift"]`` = ``(sum_t gamma_t) s``,
+        ``obsm["correction"]`` = the trained targets' calibrated latent corrections (zero
+        for unseen targets; see :mod:`sccvae._calibration`),
         ``obsm["target_distribution"]`` = the average over the targets of where their own
         shift goes (each node's share of its squared shift; a one-hot row for a node gene),
         ``obsm["decoded_change"]`` = mean decoded expression under the perturbation minus
@@ -102,6 +104,7 @@ class InterpretationMixin:
         per_target = module.target_shifts(targets)
         own = weights @ per_target
         shared = (weights @ targets["shared_strength"])[:, None] * module.shared_shift
+        correction = weights @ targets["correction"]
         squared = per_target**2
         shares = squared / squared.sum(dim=1, keepdim=True).clamp_min(1e-12)
         n_targets = weights.sum(dim=1, keepdim=True).clamp_min(1.0)
@@ -109,7 +112,7 @@ class InterpretationMixin:
         control_decoded = module.decode(u0).mean(0)
         causal, decoded = [], []
         for row in range(len(perturbations)):
-            u = module.scm(z, (own[row] + shared[row]).expand_as(z))
+            u = module.scm(z, (own[row] + shared[row] + correction[row]).expand_as(z))
             causal.append(u.mean(0))
             residual = module.gene_scale * (weights[row] @ targets["residual"])
             decoded.append(module.decode(u).mean(0) + residual - control_decoded)
@@ -129,6 +132,7 @@ class InterpretationMixin:
         )
         result.obsm["shift"] = own.cpu().numpy()
         result.obsm["shared_shift"] = shared.cpu().numpy()
+        result.obsm["correction"] = correction.cpu().numpy()
         result.obsm["target_distribution"] = ((weights @ shares) / n_targets).cpu().numpy()
         result.obsm["decoded_change"] = torch.stack(decoded).cpu().numpy()
         result.uns["control_causal_mean"] = u0.mean(0).cpu().numpy()

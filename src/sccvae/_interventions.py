@@ -136,8 +136,9 @@ class Intervention:
         ``perturbations x targets`` 0/1 weights.
     targets
         Keys ``node``, ``embedding``, ``profile`` (where each target's own shift goes),
-        ``magnitude`` (``c_t``), ``shared_strength`` (``gamma_t``) and ``residual`` (a
-        trained target's calibrated residual, zero for unseen targets), as
+        ``magnitude`` (``c_t``), ``shared_strength`` (``gamma_t``), ``residual`` and
+        ``correction`` (a trained target's calibrated residual and latent correction, zero
+        for unseen targets), as
         :meth:`~sccvae.SCCVAEModule.generative` takes them.
     seen
         Whether every target of each perturbation was seen in training.
@@ -157,6 +158,7 @@ class Intervention:
             "magnitude": self.targets["magnitude"] * factor,
             "shared_strength": self.targets["shared_strength"] * factor,
             "residual": self.targets["residual"] * factor,
+            "correction": self.targets["correction"] * factor,
         }
 
 
@@ -198,6 +200,7 @@ def build_intervention(model, perturbations: Sequence[str]) -> Intervention:
             "magnitude": module.predicted_magnitude(embedding),
             "shared_strength": module.shared_strength.detach().mean().expand(n).clone(),
             "residual": torch.zeros(n, module.n_input, device=device),
+            "correction": torch.zeros(n, module.n_latent, device=device),
         }
         for t in names:
             if t not in seen and t in node_of:

@@ -26,7 +26,7 @@ from ._constants import (
 )
 from ._dataloading import PerturbationDataSplitter
 from ._embedding import build_embedding
-from ._inputs import check_counts, check_finite, log_normalize
+from ._inputs import check_counts, check_finite, expression_floor, log_normalize
 from ._interpretation import InterpretationMixin
 from ._interventions import UNSEEN_MAGNITUDE_RULES, fit_unseen_maps
 from ._module import SCCVAEModule
@@ -197,8 +197,7 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
             raise ValueError(f"likelihood must be 'gaussian' or 'nb', got {likelihood!r}.")
         if latent_nodes not in ("genes", "abstract"):
             raise ValueError(f"latent_nodes must be 'genes' or 'abstract', got {latent_nodes!r}.")
-        seed = self._seed(seed)
-        self.seed_ = seed
+        self.seed_ = seed = self._seed(seed)
         self.latent_nodes_ = latent_nodes
         defaults = MODEL_DEFAULTS[latent_nodes]
         n_hidden = defaults["n_hidden"] if n_hidden is None else n_hidden
@@ -238,6 +237,7 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
         for row, targets in enumerate(parsed):
             label_targets[row, [target_index[t] for t in targets]] = 1.0
 
+        floor = None if likelihood == "nb" else expression_floor(self._expression(self.adata))
         if likelihood == "nb":
             check_counts(self._expression(self.adata), self._layer_description())
         control, _ = self._control_expression(self.adata)
@@ -323,6 +323,7 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
                 linear_decoder=linear_decoder,
                 shared_response=shared_response,
                 perturbation_encoder=perturbation_encoder,
+                expression_floor=floor,
                 seed=seed,
             )
         graph_name = graph if isinstance(graph, str) else f"user DAG ({int(mask.sum())} edges)"

@@ -93,6 +93,10 @@ class SCCVAEModule(BaseModuleClass):
         Add a linear map from nodes to decoded genes beside the decoder network.
     shared_response
         Learn the shift shared by all perturbations (else it stays zero).
+    expression_floor
+        The lowest value the log-normalised expression can take (0 for ``log1p`` data): a
+        predicted cell is clipped there, as a knock-down cannot take a gene below zero
+        counts. ``None``: no floor (``"nb"``, or data that can be negative).
     seed
         Seed of the initial SCM weights.
     """
@@ -121,6 +125,7 @@ class SCCVAEModule(BaseModuleClass):
         linear_decoder: bool = False,
         shared_response: bool = True,
         perturbation_encoder: Literal["softmax", "direction"] = "softmax",
+        expression_floor: float | None = None,
         seed: int = 0,
     ):
         super().__init__()
@@ -200,6 +205,12 @@ class SCCVAEModule(BaseModuleClass):
         # structure that unseen ones rely on), fitted after it (sccvae._calibration); unseen
         # targets have none
         self.register_buffer("target_residual", torch.zeros(n_targets, n_input))
+        # the latent shift a trained target's own shift lacks to reproduce its effect through
+        # the structure: fitted with the residuals, so that a combination of trained targets
+        # propagates (and interacts) from where its singles really are
+        self.register_buffer("target_correction", torch.zeros(n_targets, n_latent))
+        floor = -np.inf if expression_floor is None else float(expression_floor)
+        self.register_buffer("expression_floor", torch.tensor(floor))
         self.scm = LatentSCM(graph_mask, seed=seed)
         self.decoder_body = FCLayers(
             n_latent,
@@ -241,6 +252,12 @@ class SCCVAEModule(BaseModuleClass):
         """Predict the shift magnitude of unseen targets that are not node genes."""
         return target_embedding @ self.magnitude_coef + self.magnitude_intercept
 
+    @torch.no_grad()
+    def clear_calibration(self) -> None:
+        """Zero the trained targets' residuals and latent corrections (sccvae._calibration)."""
+        self.target_residual.zero_()
+        self.target_correction.zero_()
+
     def training_targets(self) -> dict[str, torch.Tensor]:
         """Return the description of the training targets that :meth:`shift` uses by default."""
         return {
@@ -249,6 +266,7 @@ class SCCVAEModule(BaseModuleClass):
             "magnitude": self.magnitude,
             "shared_strength": self.shared_strength,
             "residual": self.target_residual,
+            "correction": self.target_correction,
         }
 
     def target_shifts(self, targets: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -269,14 +287,17 @@ class SCCVAEModule(BaseModuleClass):
         ``target_weights`` is cells (or perturbations) x targets; ``targets`` describes its
         columns with the keys ``node`` (node of a node-gene target, else -1),
         ``embedding``, ``magnitude`` (``c_t``), ``shared_strength`` (``gamma_t``) and
-        optionally ``profile`` (``a_t``, see :mod:`sccvae._interventions`); the
-        training targets if ``None``. Pass another description to intervene on any targets
+        optionally ``profile`` (``a_t``, see :mod:`sccvae._interventions`) and
+        ``correction`` (a trained target's calibrated latent correction); the training
+        targets if ``None``. Pass another description to intervene on any targets
         (e.g. unseen genes) or to scale a knock-down.
         """
         targets = self.training_targets() if targets is None else targets
         per_target = (
             self.target_shifts(targets) + targets["shared_strength"][:, None] * self.shared_shift
         )
+        if "correction" in targets:
+            per_target = per_target + targets["correction"]
         return target_weights @ per_target
 
     # ----------------------------------------------------------------- scales
@@ -378,7 +399,7 @@ class SCCVAEModule(BaseModuleClass):
         """Decode to expression in the input's space (log-normalised values or expected counts)."""
         if self.likelihood == "nb":
             return _counts(decoded, library)
-        return decoded
+        return decoded.clamp_min(self.expression_floor)
 
     def abduct(
         self, source: torch.Tensor, prediction: torch.Tensor, control_prediction: torch.Tensor
@@ -386,8 +407,9 @@ class SCCVAEModule(BaseModuleClass):
         """Counterfactual of an observed control cell that keeps its own residual.
 
         With ``x = g(u0) + noise`` the counterfactual under the intervention is ``g(u) + noise``
-        = ``x + g(u) - g(u0)`` (abduction of the observation noise). For ``"nb"`` the cell's
-        counts are scaled by the ratio of the decoded expected counts.
+        = ``x + g(u) - g(u0)`` (abduction of the observation noise), clipped at the
+        expression floor. For ``"nb"`` the cell's counts are scaled by the ratio of the
+        decoded expected counts.
         """
         if self.likelihood == "nb":
             return (
@@ -395,7 +417,7 @@ class SCCVAEModule(BaseModuleClass):
                 * _counts(prediction, None)
                 / _counts(control_prediction, None).clamp_min(1e-10)
             )
-        return source + prediction - control_prediction
+        return (source + prediction - control_prediction).clamp_min(self.expression_floor)
 
     def loss(
         self,

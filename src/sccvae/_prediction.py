@@ -112,7 +112,8 @@ class PredictionMixin:
         Scaling the shift by a penetrance in [0, 1] mimics a partial knock-down (or
         activation): 0 gives the model's unperturbed cells, 1 its full prediction. The same
         control cells are used at every level, so the result is a dose-response per gene; a
-        node gene's own expression moves linearly with the penetrance. ``counterfactual`` is
+        node gene's own expression moves linearly with the penetrance in every cell until it
+        reaches the expression floor (zero counts). ``counterfactual`` is
         as in :meth:`predict` (penetrance 0 then returns the source cells themselves).
 
         Returns
