@@ -1,16 +1,20 @@
 """How should a combination of trained targets combine their calibrated singles?
 
 A diagnostic for the combination split on *validation* screens (never the benchmark's test
-folds). SCCVAE predicts a double ``A+B`` as the latent structure's prediction of ``A+B`` plus
-the calibration residuals of ``A`` and ``B``, which equals the additive model (the observed
-singles' sum) plus the structure's interaction ``S(A+B) - S(A) - S(B)``. This script trains
-SCCVAE on the combination split of ``simulate_perturbseq(seed, n_combinations=30)`` (all
-doubles held out, every single trained) and scores, on the 20 most changed genes of every
-held-out double (Pearson and squared error of the mean change):
+folds). SCCVAE predicts a double ``A+B`` by propagating the sum of the corrected shifts of
+``A`` and ``B`` through the latent structure and adding their calibration residuals, with
+predicted cells clipped at the expression floor (see :mod:`sccvae._calibration`). Without
+the floor that equals the additive model (the observed singles' sum) plus the structure's
+interaction ``S(A+B) - S(A) - S(B)``, where ``S`` is the structure with the latent
+corrections. This script trains SCCVAE on the combination split of
+``simulate_perturbseq(seed, n_combinations=30)`` (all doubles held out, every single trained)
+and scores, on the 20 most changed genes of every held-out double (Pearson and squared error
+of the mean change):
 
 - ``additive``: the observed training singles' sum;
-- ``current``: SCCVAE's prediction (calibrated);
-- ``struct_diff``: additive plus the structure's interaction, computed here (≈ current);
+- ``current``: SCCVAE's prediction (calibrated, with the floor);
+- ``struct_diff``: additive plus the structure's interaction, computed here from the
+  structure's predicted cells (clipped at the floor) with the residuals set to zero;
 - ``ratio``: the additive prediction scaled per gene by the structure's own ratio
   ``S(A+B) / (S(A) + S(B))`` (clipped to [0, 1.5]; 1 where the denominator is below 0.05);
 - ``ratio_c1``: the same ratio clipped to [0, 1].
