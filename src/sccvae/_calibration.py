@@ -10,7 +10,7 @@ gene. Calibration keeps the structure and fits two corrections for each trained 
 
 1. a **latent correction** ``delta_t``, added to its shift, that brings the structure's
    prediction of its training labels as close to their observed mean change as the decoder
-   allows (a few hundred Adam steps with the network frozen). A combination of trained
+   allows (100 Adam steps with the network frozen). A combination of trained
    targets then propagates from where its singles really are, so the structure's
    interaction (e.g. two knock-downs that saturate the same genes) is evaluated at the right
    place;
@@ -46,7 +46,7 @@ def calibrate_training_targets(
     n_cells: int = 256,
     ridge: float = 1e-3,
     seed: int = 0,
-    correction_steps: int = 200,
+    correction_steps: int = 100,
     correction_cells: int = 32,
 ) -> dict[str, float]:
     """Fit every trained target's latent correction and residual to its training cells.
@@ -184,7 +184,7 @@ def _fit_latent_corrections(
     weights: torch.Tensor,
     observed: torch.Tensor,
     steps: int,
-    lr: float = 0.05,
+    lr: float = 0.1,
     penalty: float = 1e-3,
     chunk: int = 64,
 ) -> torch.Tensor:
