@@ -84,8 +84,9 @@ class InterpretationMixin:
         for unseen targets; see :mod:`sccvae._calibration`),
         ``obsm["target_distribution"]`` = the average over the targets of where their own
         shift goes (each node's share of its squared shift; a one-hot row for a node gene),
-        ``obsm["decoded_change"]`` = mean decoded expression under the perturbation minus
-        without it (genes, log-normalised scale), ``obs["magnitude"]`` (sum of the targets'
+        ``obsm["decoded_change"]`` = the mean change of the control cells' counterfactuals
+        under the perturbation, as :meth:`predict` makes them (residuals and expression floor
+        included; genes, log-normalised scale), ``obs["magnitude"]`` (sum of the targets'
         ``c_t``), ``obs["n_targets"]``, ``obs["seen"]``; ``uns["control_causal_mean"]`` is
         the mean ``u`` of unperturbed cells, the reference point of the shifts, and
         ``uns["genes"]`` the columns of ``decoded_change``.
@@ -100,7 +101,7 @@ class InterpretationMixin:
         module = self.module
         intervention = build_intervention(self, perturbations)
         weights, targets = intervention.weights, intervention.targets
-        z, _, _, _ = self._encode_controls(adata, n_cells, seed, sample=False)
+        z, _, _, source = self._encode_controls(adata, n_cells, seed, sample=False)
         per_target = module.target_shifts(targets)
         own = weights @ per_target
         shared = (weights @ targets["shared_strength"])[:, None] * module.shared_shift
@@ -109,13 +110,15 @@ class InterpretationMixin:
         shares = squared / squared.sum(dim=1, keepdim=True).clamp_min(1e-12)
         n_targets = weights.sum(dim=1, keepdim=True).clamp_min(1.0)
         u0 = module.scm(z)
-        control_decoded = module.decode(u0).mean(0)
+        control_decoded = module.decode(u0)
+        source_mean = module.log_expression(source).mean(0)
         causal, decoded = [], []
         for row in range(len(perturbations)):
             u = module.scm(z, (own[row] + shared[row] + correction[row]).expand_as(z))
             causal.append(u.mean(0))
             residual = module.gene_scale * (weights[row] @ targets["residual"])
-            decoded.append(module.decode(u).mean(0) + residual - control_decoded)
+            cells = module.abduct(source, module.decode(u) + residual, control_decoded)
+            decoded.append(module.log_expression(cells).mean(0) - source_mean)
         obs = pd.DataFrame(
             {
                 self.perturbation_key_: perturbations,
