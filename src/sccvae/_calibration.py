@@ -59,8 +59,9 @@ def calibrate_training_targets(
         Positions of the training cells in the model's AnnData (validation cells are left
         out).
     n_cells
-        Training control cells (posterior means, seeded draw) to which the structure's
-        predicted change is applied when the residuals are fitted.
+        Training control cells (seeded draw; one seeded posterior draw of each, as
+        :meth:`~sccvae.SCCVAE.predict` uses) to which the structure's predicted change is
+        applied when the residuals are fitted.
     ridge
         Penalty of the residuals, relative to the mean number of labels per target.
     seed
@@ -113,7 +114,11 @@ def calibrate_training_targets(
     sample = np.sort(rng.choice(control_rows, size=min(n_cells, control_rows.size), replace=False))
     with torch.no_grad():
         x = torch.as_tensor(dense(expression[sample]), dtype=torch.float32, device=device)
-        z = module.inference(x)["qz"].loc
+        qz = module.inference(x)["qz"]
+        # a posterior draw, as `predict` uses: with a wide posterior (abstract nodes) the mean
+        # change over draws is not the change at the posterior means
+        noise = torch.randn(qz.loc.shape, generator=torch.Generator().manual_seed(seed))
+        z = qz.loc + qz.scale * noise.to(device)
         cells = module.standardize(x)
     weights = module.label_targets[torch.as_tensor(labels, device=device)]  # labels x targets
     trained = weights.sum(dim=0) > 0  # targets with training cells (all of them, normally)
