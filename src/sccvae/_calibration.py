@@ -132,18 +132,20 @@ def calibrate_training_targets(
         )
         module.target_correction.copy_(correction * trained[:, None])
     with torch.no_grad():
-        gaps = torch.stack(
-            [
-                _censored_shift(cells + change, cells.mean(dim=0), target, floor)
-                for change, target in zip(_cell_changes(module, z, weights), observed, strict=True)
-            ]
-        ).double()  # labels x genes
+        # one pass over the labels gives the corrected structure's mean change and the gap
+        base = cells.mean(dim=0)
+        corrected, gaps = [], []
+        for change, target in zip(_cell_changes(module, z, weights), observed, strict=True):
+            shifted = cells + change
+            corrected.append(torch.maximum(shifted, floor).mean(dim=0) - base)
+            gaps.append(_censored_shift(shifted, base, target, floor))
+        corrected = torch.stack(corrected)
+        gaps = torch.stack(gaps).double()  # labels x genes
         w = weights.double()
         gram = w.T @ w
         penalty = ridge * float(torch.diagonal(gram).mean().clamp_min(1.0))
         identity = torch.eye(gram.shape[0], dtype=torch.float64, device=device)
         residual = torch.linalg.solve(gram + penalty * identity, w.T @ gaps)  # targets x genes
-        corrected = _structural_changes(module, z, cells, weights, floor)
         module.target_residual.copy_((residual * trained[:, None]).float())
         after = _structural_changes(module, z, cells, weights, floor, residual=True)
     module.train(was_training)
