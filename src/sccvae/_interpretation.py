@@ -109,12 +109,13 @@ class InterpretationMixin:
         squared = per_target**2
         shares = squared / squared.sum(dim=1, keepdim=True).clamp_min(1e-12)
         n_targets = weights.sum(dim=1, keepdim=True).clamp_min(1.0)
+        shifts = module.shift(weights, targets)  # own + shared + correction, as predict uses
         u0 = module.scm(z)
         control_decoded = module.decode(u0)
         source_mean = module.log_expression(source).mean(0)
         causal, decoded = [], []
         for row in range(len(perturbations)):
-            u = module.scm(z, (own[row] + shared[row] + correction[row]).expand_as(z))
+            u = module.scm(z, shifts[row].expand_as(z))
             causal.append(u.mean(0))
             residual = module.gene_scale * (weights[row] @ targets["residual"])
             cells = module.abduct(source, module.decode(u) + residual, control_decoded)
