@@ -8,6 +8,7 @@ import torch
 
 from sccvae import SCCVAE, SCCVAETrainingPlan
 from sccvae._calibration import _censored_shift
+from sccvae._module import saturate
 
 from .conftest import make_toy_adata
 
@@ -17,24 +18,47 @@ def test_censored_shift_solves_the_clipped_mean():
     cells = torch.relu(torch.randn(200, 6, generator=generator))  # many cells at the floor
     base = cells.mean(dim=0)
     floor = torch.zeros(6)
+    unbounded = torch.full((6,), np.inf)
+    no_drive = torch.zeros_like(cells)
     target = torch.tensor([-0.3, -0.1, 0.0, 0.2, -0.5, 1.0]) * base.clamp_max(1.0)
-    shift = _censored_shift(cells, base, target, floor)
+    shift = _censored_shift(cells, no_drive, base, target, floor, unbounded)
     reached = torch.maximum(cells + shift, floor).mean(dim=0) - base
     torch.testing.assert_close(reached, target, atol=1e-5, rtol=0)
     # a decrease needs a larger shift than without the floor, an increase the same one
     assert torch.all(shift[[0, 1, 4]] < target[[0, 1, 4]])
     torch.testing.assert_close(shift[[3, 5]], target[[3, 5]], atol=1e-5, rtol=0)
     # below what clipping every cell gives: the shift that clips them all
-    too_low = _censored_shift(cells, base, -base - 1.0, floor)
+    too_low = _censored_shift(cells, no_drive, base, -base - 1.0, floor, unbounded)
     assert torch.all(torch.maximum(cells + too_low, floor) < 1e-6)
-    # without a floor the shift is the linear one
+    # without a floor the shift is the linear one, net of the cells' own change
     no_floor = torch.full((6,), -np.inf)
-    torch.testing.assert_close(_censored_shift(cells, base, target, no_floor), target)
+    drive = 0.1 * torch.randn(200, 6, generator=generator)
+    torch.testing.assert_close(
+        _censored_shift(cells, drive, base, target, no_floor, unbounded),
+        target - drive.mean(dim=0),
+    )
+
+
+def test_censored_shift_inverts_the_saturating_response():
+    generator = torch.Generator().manual_seed(1)
+    cells = 2.0 + torch.randn(100, 4, generator=generator)  # far above the floor
+    drive = 0.2 * torch.randn(100, 4, generator=generator)  # the structure's own change
+    base = cells.mean(dim=0)
+    bound = torch.full((4,), 1.5)
+    target = torch.tensor([-1.2, -0.3, 0.5, 1.4])
+    shift = _censored_shift(cells, drive, base, target, torch.zeros(4), bound)
+    reached = torch.maximum(cells + saturate(drive + shift, bound), torch.zeros(4))
+    torch.testing.assert_close(reached.mean(dim=0) - base, target, atol=1e-4, rtol=0)
+    # a decrease near the bound needs a drive well beyond it, and two such drives add to
+    # less than the bound (not to -2.4); an increase is not bounded
+    assert shift[0] < -1.5
+    assert -1.5 < saturate(2 * shift[:1], bound[:1]) < -1.2
+    torch.testing.assert_close(shift[3], target[3] - drive[:, 3].mean(), atol=1e-4, rtol=0)
 
 
 def test_calibration_corrects_latent_shifts_then_fits_residuals(trained_model):
     errors = trained_model.calibration_
-    assert set(errors) == {"before", "corrected", "after"}
+    assert set(errors) == {"before", "corrected", "after", "decrease_bound"}
     assert errors["corrected"] < errors["before"]  # the corrections move the structure closer
     # the residuals explain nearly all the rest (not all: the training double g0+g1 and its
     # singles share two residuals)
@@ -50,6 +74,28 @@ def test_calibration_corrects_latent_shifts_then_fits_residuals(trained_model):
     unseen = next(g for g in trained_model.var_names_ if g not in trained_model.targets_)
     latents = trained_model.get_perturbation_latents([unseen], n_cells=20, seed=0)
     assert np.all(latents.obsm["correction"] == 0)
+
+
+def test_decrease_bound_from_the_largest_decrease_unless_trained_combinations_refute_it(
+    trained_model,
+):
+    # the toy's trained double g1+g0 adds up: saturating decreases would not fit it
+    assert trained_model.calibration_["decrease_bound"] == np.inf
+    adata = make_toy_adata()
+    singles = adata[adata.obs["perturbation"] != "g1+g0"].copy()
+    SCCVAE.setup_anndata(singles)
+    model = SCCVAE(singles, n_latent=12, n_hidden=16, seed=0)
+    model.train(max_epochs=2, train_size=1.0, enable_progress_bar=False)
+    x, labels = singles.X.toarray(), singles.obs["perturbation"].to_numpy()
+    control = x[labels == "control"].mean(axis=0)
+    largest = max((control - x[labels == p].mean(axis=0)).max() for p in set(labels) - {"control"})
+    bound = model.module.decrease_bound.item()
+    assert bound == pytest.approx(1.1 * largest, rel=1e-4)
+    assert model.calibration_["decrease_bound"] == pytest.approx(bound)
+    assert model.calibration_["after"] < 0.05 * model.calibration_["before"]
+    # no decrease beyond the bound, whatever the knock-downs combined
+    pred = model.predict(["g0+g1+g2+g3"], n_cells=50, seed=0, return_mean=True)
+    assert np.all(pred.X[0] - control > -bound - 0.05)
 
 
 def test_predictions_of_log_normalised_data_stay_at_or_above_zero(trained_model):

@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from sccvae import SCCVAE
 from sccvae._interventions import UNSEEN_MAGNITUDE_RULES, choose_unseen_magnitude, unseen_magnitude
+from sccvae._module import saturate
 from sccvae._nodes import select_node_genes
 
 from .conftest import make_toy_adata
@@ -111,15 +113,28 @@ def test_unseen_node_gene_shifts_its_own_gene(trained_model):
     def dose_response(**kwargs):
         return model.simulate_knockdown(unseen_node, penetrance=(0.0, 0.5, 1.0), n_cells=50, seed=0, **kwargs)
 
-    floor = model.module.expression_floor.clone()
+    module = model.module
+    floor, bound = module.expression_floor.clone(), module.decrease_bound.clone()
     assert floor.item() == 0.0  # log-normalised data: no cell is predicted below zero
+    # the toy's trained double is additive: the calibration chose no bound; set one here
+    assert not torch.isfinite(bound)
+    bound = torch.tensor(0.3)
+    module.decrease_bound.copy_(bound)
     clipped = dose_response()
-    model.module.expression_floor.fill_(-np.inf)  # the structure itself, without the floor
+    module.expression_floor.fill_(-np.inf)
+    saturated = dose_response()
+    module.decrease_bound.fill_(np.inf)  # the structure itself, without floor and bound
     unclipped = dose_response()
-    model.module.expression_floor.copy_(floor)
-    assert clipped.X.min() >= 0.0 and unclipped.X.min() < 0.0
-    np.testing.assert_allclose(clipped.X, np.maximum(unclipped.X, 0.0))
+    module.expression_floor.copy_(floor)
+    module.decrease_bound.fill_(np.inf)
+    assert clipped.X.min() >= 0.0 and saturated.X.min() < 0.0
+    np.testing.assert_allclose(clipped.X, np.maximum(saturated.X, 0.0))
     groups = unclipped.obs["penetrance"].to_numpy()
+    source = unclipped.X[groups == 0.0]  # the same cells at every penetrance
+    for p in (0.5, 1.0):
+        change = torch.as_tensor(unclipped.X[groups == p] - source)
+        expected = source + saturate(change, bound).numpy()
+        np.testing.assert_allclose(saturated.X[groups == p], expected, rtol=1e-5, atol=1e-5)
     own = np.array([unclipped.X[groups == p, column].mean() for p in (0.0, 0.5, 1.0)])
     latents = model.get_perturbation_latents([unseen_node], n_cells=50, seed=0)
     node = model.latent_node_names_.index(unseen_node)

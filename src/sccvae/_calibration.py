@@ -36,6 +36,7 @@ import torch
 
 from ._constants import REGISTRY_KEYS
 from ._inputs import dense
+from ._module import saturate
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ def calibrate_training_targets(
     seed: int = 0,
     correction_steps: int = 100,
     correction_cells: int = 32,
+    decrease_bound: float | None = 1.1,
 ) -> dict[str, float]:
     """Fit every trained target's latent correction and residual to its training cells.
 
@@ -70,12 +72,18 @@ def calibrate_training_targets(
         Adam steps of the latent corrections (0: none).
     correction_cells
         Control cells (the first of the draw) over which the latent corrections are fitted.
+    decrease_bound
+        The module's :attr:`~sccvae._module.SCCVAEModule.decrease_bound` (how far a gene
+        can fall, see :meth:`~sccvae._module.SCCVAEModule.saturate`) is this factor times
+        the largest decrease of any gene in any training label (log-normalised units);
+        ``None``: no bound (decreases of a combination add without saturating).
 
     Returns
     -------
     The squared error of the standardised mean changes of the training labels over all
     genes, before calibration, after the latent corrections, and after the residuals
-    (``"before"``, ``"corrected"``, ``"after"``).
+    (``"before"``, ``"corrected"``, ``"after"``), and the decrease bound
+    (``"decrease_bound"``, infinite without one).
     """
     module = model.module
     train_idx = np.asarray(train_idx)
@@ -124,35 +132,31 @@ def calibrate_training_targets(
     trained = weights.sum(dim=0) > 0  # targets with training cells (all of them, normally)
     floor = (module.expression_floor - module.gene_center) / module.gene_scale
 
-    module.target_correction.zero_()
+    module.clear_calibration()
     before = _structural_changes(module, z, cells, weights, floor)
-    if correction_steps > 0:
-        correction = _fit_latent_corrections(
-            module, z[:correction_cells], weights, observed, correction_steps
-        )
-        module.target_correction.copy_(correction * trained[:, None])
-    with torch.no_grad():
-        # one pass over the labels gives the corrected structure's mean change and the gap
-        base = cells.mean(dim=0)
-        corrected, gaps = [], []
-        for change, target in zip(_cell_changes(module, z, weights), observed, strict=True):
-            shifted = cells + change
-            corrected.append(torch.maximum(shifted, floor).mean(dim=0) - base)
-            gaps.append(_censored_shift(shifted, base, target, floor))
-        corrected = torch.stack(corrected)
-        gaps = torch.stack(gaps).double()  # labels x genes
-        w = weights.double()
-        gram = w.T @ w
-        penalty = ridge * float(torch.diagonal(gram).mean().clamp_min(1.0))
-        identity = torch.eye(gram.shape[0], dtype=torch.float64, device=device)
-        residual = torch.linalg.solve(gram + penalty * identity, w.T @ gaps)  # targets x genes
-        module.target_residual.copy_((residual * trained[:, None]).float())
-        after = _structural_changes(module, z, cells, weights, floor, residual=True)
+    largest_decrease = float((-observed * module.gene_scale).max())
+    bounds = [float("inf")]
+    if decrease_bound is not None and largest_decrease > 0:
+        bounds.insert(0, float(decrease_bound) * largest_decrease)
+        if not bool((weights.sum(dim=1) > 1).any()):
+            bounds = bounds[:1]  # without trained combinations both fit the labels alike
+    fits = []
+    for bound in bounds:  # with trained combinations, the bound that fits them better
+        module.clear_calibration()
+        module.decrease_bound.fill_(bound)
+        corrected, after = _fit_corrections(
+            module, z, cells, weights, observed, floor, trained, ridge,
+            correction_steps, correction_cells,
+        )  # fmt: skip
+        errors = {
+            name: float(((changes - observed) ** 2).mean())
+            for name, changes in (("before", before), ("corrected", corrected), ("after", after))
+        }
+        fits.append((errors["after"], errors, module.calibration_state()))
+    _, errors, state = min(fits, key=lambda fit: fit[0])
+    module.load_calibration_state(state)
     module.train(was_training)
-    errors = {
-        name: float(((changes - observed) ** 2).mean())
-        for name, changes in (("before", before), ("corrected", corrected), ("after", after))
-    }
+    errors["decrease_bound"] = float(module.decrease_bound)
     logger.info(
         "Calibrated %d training perturbations: squared error of mean changes %.4f -> %.4f "
         "(latent corrections) -> %.4f (residuals)",
@@ -161,8 +165,47 @@ def calibrate_training_targets(
     return errors
 
 
+def _fit_corrections(
+    module, z, cells, weights, observed, floor, trained, ridge, correction_steps,
+    correction_cells,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Fit the latent corrections, then the residuals, at the module's decrease bound.
+
+    Returns the mean changes of the labels after the corrections and after the residuals.
+    """
+    if correction_steps > 0:
+        correction = _fit_latent_corrections(
+            module, z[:correction_cells], weights, observed, correction_steps
+        )
+        module.target_correction.copy_(correction * trained[:, None])
+    with torch.no_grad():
+        # one pass over the labels gives the corrected structure's mean change and the gap
+        base = cells.mean(dim=0)
+        bound = module.decrease_bound / module.gene_scale
+        corrected, gaps = [], []
+        for drive, target in zip(_cell_changes(module, z, weights), observed, strict=True):
+            shifted = cells + module.saturate(drive, module.gene_scale)
+            corrected.append(torch.maximum(shifted, floor).mean(dim=0) - base)
+            gaps.append(_censored_shift(cells, drive, base, target, floor, bound))
+        corrected = torch.stack(corrected)
+        gaps = torch.stack(gaps).double()  # labels x genes
+        w = weights.double()
+        gram = w.T @ w
+        penalty = ridge * float(torch.diagonal(gram).mean().clamp_min(1.0))
+        identity = torch.eye(gram.shape[0], dtype=torch.float64, device=gram.device)
+        residual = torch.linalg.solve(gram + penalty * identity, w.T @ gaps)  # targets x genes
+        module.target_residual.copy_((residual * trained[:, None]).float())
+        after = _structural_changes(module, z, cells, weights, floor, residual=True)
+    return corrected, after
+
+
 def _cell_changes(module, z: torch.Tensor, weights: torch.Tensor, residual: bool = False):
-    """Yield, per row of ``weights``, the structure's change of every cell (standardised)."""
+    """Yield, per row of ``weights``, every cell's change before it saturates (standardised).
+
+    The structure's change (decoded shifted cells minus decoded control cells), plus the
+    trained targets' residuals with ``residual``; predictions apply
+    :meth:`~sccvae._module.SCCVAEModule.saturate` to it.
+    """
     control = module._standardized_prediction(module.decode(module.scm(z)))
     shifts = module.shift(weights)
     for row, shift in zip(weights, shifts, strict=True):
@@ -179,7 +222,8 @@ def _structural_changes(module, z, cells, weights, floor, residual: bool = False
     base = cells.mean(dim=0)
     return torch.stack(
         [
-            torch.maximum(cells + change, floor).mean(dim=0) - base
+            torch.maximum(cells + module.saturate(change, module.gene_scale), floor).mean(dim=0)
+            - base
             for change in _cell_changes(module, z, weights, residual)
         ]
     )
@@ -198,13 +242,13 @@ def _fit_latent_corrections(
     """Fit latent corrections ``delta`` (targets x nodes) to the observed mean changes.
 
     A label's shift becomes ``shift_L + w_L delta``, propagated and decoded; its mean change
-    over the cells is brought to the observed one.
+    over the cells (saturated, as predictions are) is brought to the observed one.
 
     The network is frozen (gradients are taken with respect to ``delta`` only); labels are
     processed in chunks so that memory stays at ``chunk x cells x genes``.
     """
     with torch.no_grad():
-        control = module._standardized_prediction(module.decode(module.scm(z))).mean(dim=0)
+        control = module._standardized_prediction(module.decode(module.scm(z)))
         shifts = module.shift(weights)
     delta = torch.zeros(weights.shape[1], module.n_latent, device=z.device, requires_grad=True)
     optimizer = torch.optim.Adam([delta], lr=lr)
@@ -217,12 +261,9 @@ def _fit_latent_corrections(
                 shift = shifts[rows] + weights[rows] @ delta  # chunk x nodes
                 u = module.scm(z[None] + shift[:, None, :])
                 decoded = module.decode(u.reshape(-1, module.n_latent))
-                change = (
-                    module._standardized_prediction(decoded)
-                    .reshape(shift.shape[0], z.shape[0], -1)
-                    .mean(dim=1)
-                    - control
-                )
+                decoded = module._standardized_prediction(decoded)
+                drive = decoded.reshape(shift.shape[0], z.shape[0], -1) - control
+                change = module.saturate(drive, module.gene_scale).mean(dim=1)
                 loss = ((change - observed[rows]) ** 2).mean(dim=1).sum() / n_labels
                 if start == 0:
                     loss = loss + penalty * (delta**2).mean()
@@ -233,23 +274,32 @@ def _fit_latent_corrections(
 
 
 def _censored_shift(
-    cells: torch.Tensor, base: torch.Tensor, target: torch.Tensor, floor: torch.Tensor,
-    iterations: int = 40,
+    cells: torch.Tensor, drive: torch.Tensor, base: torch.Tensor, target: torch.Tensor,
+    floor: torch.Tensor, bound: torch.Tensor, iterations: int = 50,
 ) -> torch.Tensor:  # fmt: skip
-    """Gene-wise shift ``r`` with ``mean(max(cells + r, floor)) - base = target``.
+    """Gene-wise shift ``r`` with ``mean(max(cells + h(drive + r), floor)) - base = target``.
 
-    The clipped mean rises monotonically with ``r``, so bisection finds it; without a floor
-    (``-inf``) it is ``target + base - mean(cells)``. A target below what clipping every cell
-    at the floor gives (the observed mean is from other cells) takes the shift that does so.
+    All in standardised units; ``h`` is :func:`~sccvae._module.saturate` at the gene-wise
+    ``bound`` (finite for all genes, or ``inf`` for all: none). The mean rises
+    monotonically with ``r``, so bisection finds it; without a floor (``-inf``) and a
+    response bound it is ``target + base - mean(cells + drive)``. A target beyond what the
+    floor or the bound let any shift reach (the observed mean is from other cells) takes a
+    shift that reaches the limit.
     """
-    linear = target + base - cells.mean(dim=0)
-    if not torch.isfinite(floor).any():
+    linear = target + base - (cells + drive).mean(dim=0)
+    bounded = bool(torch.isfinite(bound).all())
+    if not torch.isfinite(floor).any() and not bounded:
         return linear
-    low = torch.minimum(floor - cells.max(dim=0).values, linear)
-    high = linear.clone()  # clipping only raises the mean: the answer is at most this
+    if bounded:  # tanh is flat 5 bounds away: every answer lies within this bracket
+        span = linear.abs() + drive.abs().max(dim=0).values + 5 * bound
+        low, high = -span, span
+    else:  # clipping only raises the mean: the answer is at most the linear one
+        low = torch.minimum(floor - (cells + drive).max(dim=0).values, linear)
+        high = linear.clone()
     for _ in range(iterations):
         middle = (low + high) / 2
-        reached = torch.maximum(cells + middle, floor).mean(dim=0) - base >= target
+        response = saturate(drive + middle, bound)
+        reached = torch.maximum(cells + response, floor).mean(dim=0) - base >= target
         high = torch.where(reached, middle, high)
         low = torch.where(reached, low, middle)
     return high

@@ -118,7 +118,8 @@ class InterpretationMixin:
             u = module.scm(z, shifts[row].expand_as(z))
             causal.append(u.mean(0))
             residual = module.gene_scale * (weights[row] @ targets["residual"])
-            cells = module.abduct(source, module.decode(u) + residual, control_decoded)
+            change = module.saturate(module.decode(u) + residual - control_decoded)
+            cells = module.abduct(source, control_decoded + change, control_decoded)
             decoded.append(module.log_expression(cells).mean(0) - source_mean)
         obs = pd.DataFrame(
             {

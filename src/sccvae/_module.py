@@ -22,6 +22,9 @@ logger = logging.getLogger(__name__)
 
 Likelihood = Literal["gaussian", "nb"]
 
+# What sccvae._calibration fits after training.
+_CALIBRATION_BUFFERS = ("target_residual", "target_correction", "decrease_bound")
+
 # Counts are put on a log scale of this many counts per cell (log-normalised expression).
 _NB_SCALE_FACTOR = 1e4
 
@@ -211,6 +214,10 @@ class SCCVAEModule(BaseModuleClass):
         self.register_buffer("target_correction", torch.zeros(n_targets, n_latent))
         floor = -np.inf if expression_floor is None else float(expression_floor)
         self.register_buffer("expression_floor", torch.tensor(floor))
+        # how far a gene's expression can fall (log-normalised units): decreases saturate
+        # there, so two knock-downs of one gene add to less than their sum (infinite while
+        # training; estimated with the calibration, see saturate)
+        self.register_buffer("decrease_bound", torch.tensor(float("inf")))
         self.scm = LatentSCM(graph_mask, seed=seed)
         self.decoder_body = FCLayers(
             n_latent,
@@ -224,6 +231,11 @@ class SCCVAEModule(BaseModuleClass):
         self.decoder_linear = nn.Linear(n_latent, len(other)) if linear_decoder else None
         if likelihood == "nb":
             self.log_dispersion = nn.Parameter(torch.zeros(n_input))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # models saved before the response bound existed predict without one
+        state_dict.setdefault(prefix + "decrease_bound", torch.tensor(float("inf")))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ----------------------------------------------------------------- interventions
     def target_distribution(self, target_embedding: torch.Tensor | None = None) -> torch.Tensor:
@@ -254,9 +266,35 @@ class SCCVAEModule(BaseModuleClass):
 
     @torch.no_grad()
     def clear_calibration(self) -> None:
-        """Zero the trained targets' residuals and latent corrections (sccvae._calibration)."""
+        """Undo the calibration (sccvae._calibration).
+
+        Zero the trained targets' residuals and latent corrections; remove the decrease bound.
+        """
         self.target_residual.zero_()
         self.target_correction.zero_()
+        self.decrease_bound.fill_(float("inf"))
+
+    def calibration_state(self) -> dict[str, torch.Tensor]:
+        """Return copies of the buffers the calibration fits."""
+        return {name: getattr(self, name).clone() for name in _CALIBRATION_BUFFERS}
+
+    @torch.no_grad()
+    def load_calibration_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore buffers saved by :meth:`calibration_state`."""
+        for name in _CALIBRATION_BUFFERS:
+            getattr(self, name).copy_(state[name])
+
+    def saturate(self, change: torch.Tensor, scale: torch.Tensor | float = 1.0) -> torch.Tensor:
+        """Saturate the decreases of a predicted change: ``B tanh(change / B)`` below zero.
+
+        ``B`` is :attr:`decrease_bound` (log-normalised units; ``scale`` converts, e.g.
+        ``gene_scale`` for standardised changes). A small decrease passes unchanged, and no
+        decrease goes beyond ``B``: two knock-downs that each lower a gene close to ``B`` add
+        to less than their sum, as repression saturates. Increases are left as they are
+        (induction of a lowly expressed gene can add to more than the sum on the log scale).
+        No bound (infinite ``B``): the identity.
+        """
+        return saturate(change, self.decrease_bound / scale)
 
     def training_targets(self) -> dict[str, torch.Tensor]:
         """Return the description of the training targets that :meth:`shift` uses by default."""
@@ -384,14 +422,16 @@ class SCCVAEModule(BaseModuleClass):
         u = self.scm(z, shift)
         u_control = self.scm(z)
         prediction = self.decode(u)
+        control_prediction = self.decode(u_control)
         if "residual" in targets:
             prediction = prediction + self.gene_scale * (target_weights @ targets["residual"])
+        prediction = control_prediction + self.saturate(prediction - control_prediction)
         return {
             "shift": shift,
             "u": u,
             "u_control": u_control,
             "prediction": prediction,
-            "control_prediction": self.decode(u_control),
+            "control_prediction": control_prediction,
             "library": library,
         }
 
@@ -509,6 +549,17 @@ class SCCVAEModule(BaseModuleClass):
         generative_inputs = self._get_generative_input(tensors, inference_outputs)
         outputs = self.generative(**generative_inputs)
         return self.expression_mean(outputs["prediction"], outputs["library"])
+
+
+def saturate(change: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
+    """``bound * tanh(change / bound)`` where the change is negative (gene-wise bounds).
+
+    Increases, and every change where the bound is infinite, pass unchanged.
+    """
+    if not torch.isfinite(bound).any():
+        return change
+    saturating = torch.isfinite(bound) & (change < 0)
+    return torch.where(saturating, bound * torch.tanh(change / bound), change)
 
 
 def _counts(log_expression: torch.Tensor, library: torch.Tensor | None) -> torch.Tensor:
