@@ -125,3 +125,15 @@ def test_training_again_clears_the_calibration():
     assert module.target_residual.abs().sum() == 0 and module.target_correction.abs().sum() == 0
     with pytest.raises(ValueError, match="max_epochs"):
         model.train(max_epochs=0)
+
+
+def test_models_saved_without_a_decrease_bound_load_without_one(trained_model):
+    module = trained_model.module
+    state = {k: v for k, v in module.state_dict().items() if k != "decrease_bound"}
+    saved = module.decrease_bound.clone()
+    try:
+        module.decrease_bound.fill_(1.0)
+        module.load_state_dict(state)  # strict: the missing buffer is filled in
+        assert module.decrease_bound.item() == np.inf
+    finally:
+        module.decrease_bound.copy_(saved)

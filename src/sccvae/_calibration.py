@@ -5,26 +5,32 @@ control cells' covariation: that is what lets an unseen target's knock-down prop
 sensibly. It leaves the training perturbations under-fitted, and weighting their fit up in
 the loss makes unseen predictions worse (validation screens, ``benchmarks/ablations.py``):
 with a few dozen latent nodes, the decoder cannot reproduce every trained effect on every
-gene. Calibration keeps the structure and fits two corrections for each trained target
-``t``, in this order:
+gene. Calibration keeps the structure and fits, for each trained target ``t``, in this
+order:
 
+0. the **decrease bound** ``B`` of the module (:meth:`~sccvae._module.SCCVAEModule.saturate`):
+   every predicted decrease is squashed to ``B tanh(change / B)``, with ``B`` 1.1 times the
+   largest decrease of any gene in any training label, so that two knock-downs that each
+   lower a gene near that limit add to less than their sum. Where training labels include
+   combinations, the fit is also made without a bound and the better fit of the training
+   labels is kept (combinations that add up refute the bound);
 1. a **latent correction** ``delta_t``, added to its shift, that brings the structure's
    prediction of its training labels as close to their observed mean change as the decoder
    allows (100 Adam steps with the network frozen). A combination of trained
    targets then propagates from where its singles really are, so the structure's
-   interaction (e.g. two knock-downs that saturate the same genes) is evaluated at the right
-   place;
+   interaction is evaluated at the right place;
 2. a **residual** ``r_t`` on the (standardised) genes: with ``D_L`` the observed mean change
    of training label ``L``, the residuals solve the ridge regression ``G_L ~ sum_{t in L}
    r_t`` over all training labels, where ``G_L`` is the gene-wise shift that, added to the
-   structure's predicted cells and clipped at the expression floor (no cell goes below zero
-   counts), gives the mean change ``D_L``. A trained perturbation is then reproduced.
+   structure's predicted change before it saturates, gives the mean change ``D_L`` once
+   saturated and clipped at the expression floor (no cell goes below zero counts). A
+   trained perturbation is then reproduced.
 
 A combination of trained targets is predicted by the structure (with the corrections) plus
-the sum of its targets' residuals, clipped at the floor: additive in uncensored expression
-where the structure is, and with the interaction the structure predicts where it is not.
-Single perturbations are reproduced whatever ``delta_t``; unseen targets have neither
-correction and their predictions do not change.
+the sum of its targets' residuals, saturated and clipped at the floor: additive in that
+unbounded scale where the structure is, and with the interaction the structure predicts
+where it is not. Single perturbations are reproduced whatever ``delta_t``; unseen targets
+have neither correction (their changes are saturated like all others).
 """
 
 from __future__ import annotations

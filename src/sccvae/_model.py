@@ -474,11 +474,11 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
             a busy one (see the benchmarks page); torch's setting otherwise. ``None`` leaves
             torch's setting as it is; a number sets it.
         calibrate
-            After training, fit each trained target's residual: what the latent structure does
-            not explain of the mean change of its training cells (see
-            :mod:`sccvae._calibration`). Trained perturbations are then reproduced and
+            After training, fit the bound of decreases and each trained target's correction:
+            what the latent structure does not explain of the mean change of its training
+            cells (see :mod:`sccvae._calibration`). Trained perturbations are then reproduced;
             combinations of trained targets add their residuals to the structure's
-            prediction; unseen targets' predictions do not change.
+            prediction, with saturating decreases; unseen targets get no correction.
         **trainer_kwargs
             Passed to :class:`scvi.train.Trainer` / Lightning.
         """

@@ -233,7 +233,7 @@ class SCCVAEModule(BaseModuleClass):
             self.log_dispersion = nn.Parameter(torch.zeros(n_input))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # models saved before the response bound existed predict without one
+        # models saved before the decrease bound existed predict without one
         state_dict.setdefault(prefix + "decrease_bound", torch.tensor(float("inf")))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
