@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sccvae import SCCVAE, SCCVAETrainingPlan
-from sccvae._calibration import _censored_shift
+from sccvae._calibration import _censored_shift, estimate_decrease_bound
 from sccvae._module import saturate
 
 from .conftest import make_toy_adata
@@ -76,11 +76,47 @@ def test_calibration_corrects_latent_shifts_then_fits_residuals(trained_model):
     assert np.all(latents.obsm["correction"] == 0)
 
 
-def test_decrease_bound_from_the_largest_decrease_unless_trained_combinations_refute_it(
-    trained_model,
-):
-    # the toy's trained double g1+g0 adds up: saturating decreases would not fit it
-    assert trained_model.calibration_["decrease_bound"] == np.inf
+def _screen_with_double(double_factor: float) -> SCCVAE:
+    """Toy screen (far above the floor) whose double g1+g0 moves genes 2-4 by
+    ``double_factor`` times the sum of its singles' changes."""
+    adata = make_toy_adata()
+    x = adata.X.toarray() + 3.0
+    labels = adata.obs["perturbation"].to_numpy()
+    rng = np.random.default_rng(0)
+    control = x[labels == "control"]
+    change = {"g0": np.zeros(x.shape[1]), "g1": np.zeros(x.shape[1])}
+    change["g0"][0:5] = -0.5
+    change["g1"][2:7] = -0.5
+    change["g1+g0"] = change["g0"] + change["g1"]
+    change["g1+g0"][2:5] *= double_factor
+    for label, shift in change.items():
+        rows = labels == label
+        x[rows] = control[rng.choice(len(control), rows.sum())] + shift
+    adata.X = x.astype(np.float32)
+    SCCVAE.setup_anndata(adata)
+    return SCCVAE(adata, n_latent=12, n_hidden=16, seed=0)
+
+
+def test_decrease_bound_unless_trained_combinations_add_up():
+    additive = _screen_with_double(1.0)
+    everything = np.arange(additive.adata.n_obs)
+    assert estimate_decrease_bound(additive, everything) == np.inf
+    saturating = _screen_with_double(0.8)
+    bound = estimate_decrease_bound(saturating, everything)
+    x = saturating.adata.X
+    labels = saturating.adata.obs["perturbation"].to_numpy()
+    control = x[labels == "control"].mean(axis=0)
+    largest = max((control - x[labels == p].mean(axis=0)).max() for p in set(labels) - {"control"})
+    assert bound == pytest.approx(1.1 * largest, rel=1e-4)
+    assert estimate_decrease_bound(saturating, everything, factor=1.5) > bound
+
+
+def test_training_sets_the_decrease_bound_and_calibration_fits_through_it(trained_model):
+    # the toy's trained double g1+g0 adds up less than its singles (clipped at zero): the
+    # bound is kept, and the calibration still reproduces the training perturbations
+    bound = trained_model.module.decrease_bound.item()
+    assert np.isfinite(bound) and trained_model.calibration_["decrease_bound"] == bound
+    assert trained_model.calibration_["after"] < 0.05 * trained_model.calibration_["before"]
     adata = make_toy_adata()
     singles = adata[adata.obs["perturbation"] != "g1+g0"].copy()
     SCCVAE.setup_anndata(singles)
@@ -91,11 +127,13 @@ def test_decrease_bound_from_the_largest_decrease_unless_trained_combinations_re
     largest = max((control - x[labels == p].mean(axis=0)).max() for p in set(labels) - {"control"})
     bound = model.module.decrease_bound.item()
     assert bound == pytest.approx(1.1 * largest, rel=1e-4)
-    assert model.calibration_["decrease_bound"] == pytest.approx(bound)
     assert model.calibration_["after"] < 0.05 * model.calibration_["before"]
     # no decrease beyond the bound, whatever the knock-downs combined
     pred = model.predict(["g0+g1+g2+g3"], n_cells=50, seed=0, return_mean=True)
     assert np.all(pred.X[0] - control > -bound - 0.05)
+    # without calibration there is no bound: the structure alone
+    model.train(max_epochs=1, train_size=1.0, enable_progress_bar=False, calibrate=False)
+    assert model.module.decrease_bound.item() == np.inf
 
 
 def test_predictions_of_log_normalised_data_stay_at_or_above_zero(trained_model):

@@ -116,17 +116,14 @@ def test_unseen_node_gene_shifts_its_own_gene(trained_model):
     module = model.module
     floor, bound = module.expression_floor.clone(), module.decrease_bound.clone()
     assert floor.item() == 0.0  # log-normalised data: no cell is predicted below zero
-    # the toy's trained double is additive: the calibration chose no bound; set one here
-    assert not torch.isfinite(bound)
-    bound = torch.tensor(0.3)
-    module.decrease_bound.copy_(bound)
+    assert torch.isfinite(bound)  # estimated when training started
     clipped = dose_response()
     module.expression_floor.fill_(-np.inf)
     saturated = dose_response()
     module.decrease_bound.fill_(np.inf)  # the structure itself, without floor and bound
     unclipped = dose_response()
     module.expression_floor.copy_(floor)
-    module.decrease_bound.fill_(np.inf)
+    module.decrease_bound.copy_(bound)
     assert clipped.X.min() >= 0.0 and saturated.X.min() < 0.0
     np.testing.assert_allclose(clipped.X, np.maximum(saturated.X, 0.0))
     groups = unclipped.obs["penetrance"].to_numpy()

@@ -5,15 +5,9 @@ control cells' covariation: that is what lets an unseen target's knock-down prop
 sensibly. It leaves the training perturbations under-fitted, and weighting their fit up in
 the loss makes unseen predictions worse (validation screens, ``benchmarks/ablations.py``):
 with a few dozen latent nodes, the decoder cannot reproduce every trained effect on every
-gene. Calibration keeps the structure and fits, for each trained target ``t``, in this
-order:
+gene. Calibration keeps the structure and fits two corrections for each trained target
+``t``, in this order:
 
-0. the **decrease bound** ``B`` of the module (:meth:`~sccvae._module.SCCVAEModule.saturate`):
-   every predicted decrease is squashed to ``B tanh(change / B)``, with ``B`` 1.1 times the
-   largest decrease of any gene in any training label, so that two knock-downs that each
-   lower a gene near that limit add to less than their sum. Where training labels include
-   combinations, the fit is also made without a bound and the better fit of the training
-   labels is kept (combinations that add up refute the bound);
 1. a **latent correction** ``delta_t``, added to its shift, that brings the structure's
    prediction of its training labels as close to their observed mean change as the decoder
    allows (100 Adam steps with the network frozen). A combination of trained
@@ -24,13 +18,22 @@ order:
    r_t`` over all training labels, where ``G_L`` is the gene-wise shift that, added to the
    structure's predicted change before it saturates, gives the mean change ``D_L`` once
    saturated and clipped at the expression floor (no cell goes below zero counts). A
-   trained perturbation is then reproduced.
+   trained perturbation is then reproduced. Each label's error on a gene is weighted by the
+   squared slope of the bound at its gap (``_weighted_ridge``): a trained combination far
+   out on the flat part of the bound does not pull its targets' residuals.
+
+Both work through the module's **decrease bound** ``B``
+(:meth:`~sccvae._module.SCCVAEModule.saturate`: every predicted decrease is squashed to
+``B tanh(change / B)``), estimated here before training (:func:`estimate_decrease_bound`:
+1.1 times the largest decrease of any gene in any training label, unless trained
+combinations add up better without it) so that the structure is trained through it too and
+learns changes before they saturate.
 
 A combination of trained targets is predicted by the structure (with the corrections) plus
 the sum of its targets' residuals, saturated and clipped at the floor: additive in that
-unbounded scale where the structure is, and with the interaction the structure predicts
+unsaturated scale where the structure is, and with the interaction the structure predicts
 where it is not. Single perturbations are reproduced whatever ``delta_t``; unseen targets
-have neither correction (their changes are saturated like all others).
+have neither correction, and their changes, learned before saturation, saturate once.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from ._module import saturate
 logger = logging.getLogger(__name__)
 
 
+
 def calibrate_training_targets(
     model,
     train_idx: np.ndarray,
@@ -55,7 +59,6 @@ def calibrate_training_targets(
     seed: int = 0,
     correction_steps: int = 100,
     correction_cells: int = 32,
-    decrease_bound: float | None = 1.1,
 ) -> dict[str, float]:
     """Fit every trained target's latent correction and residual to its training cells.
 
@@ -78,49 +81,20 @@ def calibrate_training_targets(
         Adam steps of the latent corrections (0: none).
     correction_cells
         Control cells (the first of the draw) over which the latent corrections are fitted.
-    decrease_bound
-        The module's :attr:`~sccvae._module.SCCVAEModule.decrease_bound` (how far a gene
-        can fall, see :meth:`~sccvae._module.SCCVAEModule.saturate`) is this factor times
-        the largest decrease of any gene in any training label (log-normalised units);
-        ``None``: no bound (decreases of a combination add without saturating).
 
     Returns
     -------
     The squared error of the standardised mean changes of the training labels over all
     genes, before calibration, after the latent corrections, and after the residuals
-    (``"before"``, ``"corrected"``, ``"after"``), and the decrease bound
+    (``"before"``, ``"corrected"``, ``"after"``), and the module's decrease bound
     (``"decrease_bound"``, infinite without one).
     """
     module = model.module
-    train_idx = np.asarray(train_idx)
-    codes = (
-        model.adata_manager.get_from_registry(REGISTRY_KEYS.PERTURBATION_KEY)
-        .ravel()
-        .astype(int)[train_idx]
-    )
-    is_control = module.label_is_control.cpu().numpy()
-    labels = np.array([c for c in np.unique(codes) if not is_control[c]], dtype=int)
+    labels, observed, control_rows = _observed_changes(model, train_idx)
     if labels.size == 0:
         return {}
     expression = model._expression(model.adata)
     device = model.device
-
-    def standardized(rows: np.ndarray) -> torch.Tensor:
-        x = torch.as_tensor(dense(expression[rows]), dtype=torch.float32, device=device)
-        return module.standardize(x)
-
-    def standardized_mean(rows: np.ndarray) -> torch.Tensor:
-        total = torch.zeros(module.n_input, device=device)
-        for start in range(0, rows.size, 2048):
-            total += standardized(rows[start : start + 2048]).sum(dim=0)
-        return total / rows.size
-
-    control_rows = train_idx[is_control[codes]]
-    with torch.no_grad():
-        control_mean = standardized_mean(control_rows)
-        observed = torch.stack(
-            [standardized_mean(train_idx[codes == code]) - control_mean for code in labels]
-        )
 
     was_training = module.training
     module.eval()
@@ -138,30 +112,18 @@ def calibrate_training_targets(
     trained = weights.sum(dim=0) > 0  # targets with training cells (all of them, normally)
     floor = (module.expression_floor - module.gene_center) / module.gene_scale
 
-    module.clear_calibration()
+    module.target_residual.zero_()
+    module.target_correction.zero_()
     before = _structural_changes(module, z, cells, weights, floor)
-    largest_decrease = float((-observed * module.gene_scale).max())
-    bounds = [float("inf")]
-    if decrease_bound is not None and largest_decrease > 0:
-        bounds.insert(0, float(decrease_bound) * largest_decrease)
-        if not bool((weights.sum(dim=1) > 1).any()):
-            bounds = bounds[:1]  # without trained combinations both fit the labels alike
-    fits = []
-    for bound in bounds:  # with trained combinations, the bound that fits them better
-        module.clear_calibration()
-        module.decrease_bound.fill_(bound)
-        corrected, after = _fit_corrections(
-            module, z, cells, weights, observed, floor, trained, ridge,
-            correction_steps, correction_cells,
-        )  # fmt: skip
-        errors = {
-            name: float(((changes - observed) ** 2).mean())
-            for name, changes in (("before", before), ("corrected", corrected), ("after", after))
-        }
-        fits.append((errors["after"], errors, module.calibration_state()))
-    _, errors, state = min(fits, key=lambda fit: fit[0])
-    module.load_calibration_state(state)
+    corrected, after = _fit_corrections(
+        module, z, cells, weights, observed, floor, trained, ridge,
+        correction_steps, correction_cells,
+    )  # fmt: skip
     module.train(was_training)
+    errors = {
+        name: float(((changes - observed) ** 2).mean())
+        for name, changes in (("before", before), ("corrected", corrected), ("after", after))
+    }
     errors["decrease_bound"] = float(module.decrease_bound)
     logger.info(
         "Calibrated %d training perturbations: squared error of mean changes %.4f -> %.4f "
@@ -169,6 +131,67 @@ def calibrate_training_targets(
         labels.size, errors["before"], errors["corrected"], errors["after"],
     )  # fmt: skip
     return errors
+
+
+def estimate_decrease_bound(model, train_idx: np.ndarray, factor: float = 1.1) -> float:
+    """How far a gene's expression can fall, from the training perturbations' mean changes.
+
+    ``factor`` times the largest decrease of any gene in any training label (log-normalised
+    units). If the training labels include combinations whose targets were also trained
+    alone, their observed changes decide: the bound is kept only if composing the singles'
+    changes through it (:meth:`~sccvae._module.SCCVAEModule.saturate`) fits the
+    combinations better than adding them; otherwise there is none (``inf``).
+    """
+    module = model.module
+    labels, observed, _ = _observed_changes(model, train_idx)
+    changes = observed * module.gene_scale  # log-normalised units
+    largest = float(-changes.min()) if labels.size else 0.0
+    if largest <= 0:
+        return float("inf")
+    bound = torch.tensor(factor * largest, device=changes.device)
+    weights = module.label_targets[torch.as_tensor(labels, device=changes.device)]
+    single = {int(w.argmax()): row for row, w in enumerate(weights) if w.sum() == 1}
+    added, bounded = 0.0, 0.0
+    for row, w in enumerate(weights):
+        parts = torch.nonzero(w).ravel().tolist()
+        if len(parts) < 2 or not all(t in single for t in parts):
+            continue
+        singles = changes[[single[t] for t in parts]]
+        drives = torch.where(singles < 0, bound * torch.atanh(singles / bound), singles)
+        added += float(((singles.sum(dim=0) - changes[row]) ** 2).sum())
+        bounded += float(((saturate(drives.sum(dim=0), bound) - changes[row]) ** 2).sum())
+    return float(bound) if bounded <= added else float("inf")
+
+
+@torch.no_grad()
+def _observed_changes(model, train_idx: np.ndarray):
+    """Training labels (codes), their standardised mean changes, and the control rows."""
+    module = model.module
+    train_idx = np.asarray(train_idx)
+    codes = (
+        model.adata_manager.get_from_registry(REGISTRY_KEYS.PERTURBATION_KEY)
+        .ravel()
+        .astype(int)[train_idx]
+    )
+    is_control = module.label_is_control.cpu().numpy()
+    labels = np.array([c for c in np.unique(codes) if not is_control[c]], dtype=int)
+    expression = model._expression(model.adata)
+    device = model.device
+
+    def standardized_mean(rows: np.ndarray) -> torch.Tensor:
+        total = torch.zeros(module.n_input, device=device)
+        for start in range(0, rows.size, 2048):
+            block = dense(expression[rows[start : start + 2048]])
+            x = torch.as_tensor(block, dtype=torch.float32, device=device)
+            total += module.standardize(x).sum(dim=0)
+        return total / rows.size
+
+    control_rows = train_idx[is_control[codes]]
+    control_mean = standardized_mean(control_rows)
+    observed = [standardized_mean(train_idx[codes == code]) - control_mean for code in labels]
+    if not observed:
+        return labels, torch.zeros(0, module.n_input, device=device), control_rows
+    return labels, torch.stack(observed), control_rows
 
 
 def _fit_corrections(
@@ -188,21 +211,63 @@ def _fit_corrections(
         # one pass over the labels gives the corrected structure's mean change and the gap
         base = cells.mean(dim=0)
         bound = module.decrease_bound / module.gene_scale
-        corrected, gaps = [], []
+        corrected, gaps, slopes = [], [], []
         for drive, target in zip(_cell_changes(module, z, weights), observed, strict=True):
             shifted = cells + module.saturate(drive, module.gene_scale)
             corrected.append(torch.maximum(shifted, floor).mean(dim=0) - base)
-            gaps.append(_censored_shift(cells, drive, base, target, floor, bound))
+            gap = _censored_shift(cells, drive, base, target, floor, bound)
+            gaps.append(gap)
+            # how much the label's mean change still moves with its gap: ~0 far out on the
+            # flat part of the bound
+            slopes.append(_slope(drive.mean(dim=0) + gap, bound))
         corrected = torch.stack(corrected)
-        gaps = torch.stack(gaps).double()  # labels x genes
-        w = weights.double()
-        gram = w.T @ w
-        penalty = ridge * float(torch.diagonal(gram).mean().clamp_min(1.0))
-        identity = torch.eye(gram.shape[0], dtype=torch.float64, device=gram.device)
-        residual = torch.linalg.solve(gram + penalty * identity, w.T @ gaps)  # targets x genes
+        residual = _weighted_ridge(
+            weights.double(), torch.stack(gaps).double(), torch.stack(slopes).double() ** 2,
+            ridge,
+        )  # fmt: skip
         module.target_residual.copy_((residual * trained[:, None]).float())
         after = _structural_changes(module, z, cells, weights, floor, residual=True)
     return corrected, after
+
+
+def _slope(drive: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
+    """Return the derivative of :func:`~sccvae._module.saturate` at ``drive``."""
+    if not torch.isfinite(bound).any():
+        return torch.ones_like(drive)
+    return torch.where(drive < 0, 1.0 - torch.tanh(drive / bound) ** 2, torch.ones_like(drive))
+
+
+def _weighted_ridge(
+    weights: torch.Tensor, gaps: torch.Tensor, gene_weights: torch.Tensor, ridge: float,
+    chunk: int = 256,
+) -> torch.Tensor:  # fmt: skip
+    """Residuals (targets x genes) with ``gaps_L ~ sum_t weights_Lt r_t``, gene by gene.
+
+    Each label's squared error on a gene is weighted by ``gene_weights`` (labels x genes):
+    the squared slope of the bound at its gap, so that a label far out on the flat part of the
+    bound, whose gap is large but barely matters to its mean change, does not pull the
+    residuals of the targets it shares with other labels (a Gauss-Newton step from zero).
+    Without a bound every weight is one and this is an ordinary ridge regression. Where each
+    label has one target of its own, every trained single gets its gap whatever the weights.
+    """
+    gram = weights.T @ weights
+    penalty = ridge * float(torch.diagonal(gram).mean().clamp_min(1.0))
+    identity = torch.eye(weights.shape[1], dtype=weights.dtype, device=weights.device)
+    if bool((gene_weights == 1).all()):
+        return torch.linalg.solve(gram + penalty * identity, weights.T @ gaps)
+    residual = torch.empty(weights.shape[1], gaps.shape[1], dtype=gaps.dtype, device=gaps.device)
+    for start in range(0, gaps.shape[1], chunk):
+        genes = slice(start, start + chunk)
+        w = gene_weights[:, genes].clamp_min(1e-6)  # labels x chunk
+        grams = torch.einsum("lg,lt,ls->gts", w, weights, weights)
+        rhs = torch.einsum("lg,lt,lg->gt", w, weights, gaps[:, genes])
+        # each target's penalty relative to its own weighted labels (Marquardt), so that a
+        # target whose only label is far out on the bound still gets that label's gap
+        diagonal = torch.diagonal(grams, dim1=1, dim2=2).clamp_min(1e-12)
+        regularised = grams + torch.diag_embed(ridge * diagonal)
+        solved = torch.linalg.solve(regularised, rhs[..., None])[..., 0]
+        residual[:, genes] = solved.T
+    return residual
 
 
 def _cell_changes(module, z: torch.Tensor, weights: torch.Tensor, residual: bool = False):

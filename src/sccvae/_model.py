@@ -18,12 +18,8 @@ from scvi.data.fields import CategoricalObsField, LayerField
 from scvi.model.base import BaseModelClass
 from scvi.train import TrainRunner
 
-from ._calibration import calibrate_training_targets
-from ._constants import (
-    MODEL_DEFAULTS,
-    REGISTRY_KEYS,
-    TRAIN_DEFAULTS,
-)
+from ._calibration import calibrate_training_targets, estimate_decrease_bound
+from ._constants import MODEL_DEFAULTS, REGISTRY_KEYS, TRAIN_DEFAULTS
 from ._dataloading import PerturbationDataSplitter
 from ._embedding import build_embedding
 from ._inputs import check_counts, check_finite, expression_floor, log_normalize
@@ -474,11 +470,12 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
             a busy one (see the benchmarks page); torch's setting otherwise. ``None`` leaves
             torch's setting as it is; a number sets it.
         calibrate
-            After training, fit the bound of decreases and each trained target's correction:
-            what the latent structure does not explain of the mean change of its training
-            cells (see :mod:`sccvae._calibration`). Trained perturbations are then reproduced;
-            combinations of trained targets add their residuals to the structure's
-            prediction, with saturating decreases; unseen targets get no correction.
+            After training, fit each trained target's corrections: what the latent structure
+            does not explain of the mean change of its training cells (see
+            :mod:`sccvae._calibration`), so that trained perturbations are reproduced and
+            combinations add their residuals to the structure's prediction. Training then
+            starts by estimating the decrease bound (:meth:`~sccvae.SCCVAEModule.saturate`).
+            ``False``: neither, the latent structure alone.
         **trainer_kwargs
             Passed to :class:`scvi.train.Trainer` / Lightning.
         """
@@ -517,7 +514,10 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
         if max_epochs is None:
             max_epochs = default_epochs(data_splitter.batches_per_epoch())
         plan_kwargs.setdefault("n_epochs_kl_warmup", max_epochs)
-        training_plan = self._training_plan_cls(self.module, **plan_kwargs)
+        training_plan = self._training_plan_cls(self.module, **plan_kwargs)  # clears the bound
+        if calibrate:  # trained through the bound, the structure learns unsaturated changes
+            bound = estimate_decrease_bound(self, data_splitter.train_idx)
+            self.module.decrease_bound.fill_(bound)
         trainer_kwargs.setdefault("gradient_clip_val", 1.0)
         trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
         if data_splitter.n_val > 0:

@@ -22,9 +22,6 @@ logger = logging.getLogger(__name__)
 
 Likelihood = Literal["gaussian", "nb"]
 
-# What sccvae._calibration fits after training.
-_CALIBRATION_BUFFERS = ("target_residual", "target_correction", "decrease_bound")
-
 # Counts are put on a log scale of this many counts per cell (log-normalised expression).
 _NB_SCALE_FACTOR = 1e4
 
@@ -215,8 +212,8 @@ class SCCVAEModule(BaseModuleClass):
         floor = -np.inf if expression_floor is None else float(expression_floor)
         self.register_buffer("expression_floor", torch.tensor(floor))
         # how far a gene's expression can fall (log-normalised units): decreases saturate
-        # there, so two knock-downs of one gene add to less than their sum (infinite while
-        # training; estimated with the calibration, see saturate)
+        # there, so two knock-downs of one gene add to less than their sum (estimated from
+        # the training perturbations when training starts, see saturate)
         self.register_buffer("decrease_bound", torch.tensor(float("inf")))
         self.scm = LatentSCM(graph_mask, seed=seed)
         self.decoder_body = FCLayers(
@@ -266,23 +263,14 @@ class SCCVAEModule(BaseModuleClass):
 
     @torch.no_grad()
     def clear_calibration(self) -> None:
-        """Undo the calibration (sccvae._calibration).
+        """Undo what was fitted to the training perturbations (sccvae._calibration).
 
-        Zero the trained targets' residuals and latent corrections; remove the decrease bound.
+        Zero the trained targets' residuals and latent corrections; remove the decrease bound
+        (a new training run estimates it again).
         """
         self.target_residual.zero_()
         self.target_correction.zero_()
         self.decrease_bound.fill_(float("inf"))
-
-    def calibration_state(self) -> dict[str, torch.Tensor]:
-        """Return copies of the buffers the calibration fits."""
-        return {name: getattr(self, name).clone() for name in _CALIBRATION_BUFFERS}
-
-    @torch.no_grad()
-    def load_calibration_state(self, state: dict[str, torch.Tensor]) -> None:
-        """Restore buffers saved by :meth:`calibration_state`."""
-        for name in _CALIBRATION_BUFFERS:
-            getattr(self, name).copy_(state[name])
 
     def saturate(self, change: torch.Tensor, scale: torch.Tensor | float = 1.0) -> torch.Tensor:
         """Saturate the decreases of a predicted change: ``B tanh(change / B)`` below zero.
