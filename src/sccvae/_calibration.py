@@ -50,7 +50,6 @@ from ._module import saturate
 logger = logging.getLogger(__name__)
 
 
-
 def calibrate_training_targets(
     model,
     train_idx: np.ndarray,
@@ -353,7 +352,7 @@ def _censored_shift(
     All in standardised units; ``h`` is :func:`~sccvae._module.saturate` at the gene-wise
     ``bound`` (finite for all genes, or ``inf`` for all: none). The mean rises
     monotonically with ``r``, so bisection finds it; without a floor (``-inf``) and a
-    response bound it is ``target + base - mean(cells + drive)``. A target beyond what the
+    decrease bound it is ``target + base - mean(cells + drive)``. A target beyond what the
     floor or the bound let any shift reach (the observed mean is from other cells) takes a
     shift that reaches the limit.
     """
