@@ -8,6 +8,10 @@ would change the mean that ``delta`` describes).
 
 - :class:`ControlBaseline`: ``delta = 0`` (predict unperturbed cells).
 - :class:`MeanBaseline`: the mean change over all training perturbations.
+- :class:`MeanTargetBaseline`: the mean change, with each measured target gene moved by the
+  mean own change of the training targets.
+- :class:`MultiregBaseline`: :class:`MeanTargetBaseline`, plus every gene moved with a
+  measured target by its ridge coefficient on the targets' genes across control cells.
 - :class:`AdditiveBaseline`: for combinations, the sum of the components' single changes.
 - :class:`LinearBaseline`: the linear model of Ahlmann-Eltze, Huber & Anders (Nature
   Methods 2025), ``Y ~ G W P^T + b``, on gene embeddings ``G`` and perturbation embeddings
@@ -29,10 +33,13 @@ from ._coexpression import CoexpressionBaseline
 from ._knn import KnnBaseline
 from ._linear import LinearBaseline
 from ._simple import AdditiveBaseline, ControlBaseline, MeanBaseline
+from ._target import MeanTargetBaseline, MultiregBaseline
 
 __all__ = [
     "ControlBaseline",
     "MeanBaseline",
+    "MeanTargetBaseline",
+    "MultiregBaseline",
     "AdditiveBaseline",
     "LinearBaseline",
     "CoexpressionBaseline",
