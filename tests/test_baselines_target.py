@@ -208,3 +208,26 @@ def test_errors():
         MultiregBaseline(ridge=-0.1)
     with pytest.raises(RuntimeError, match="fit"):
         MultiregBaseline().coefficients("u")
+
+
+def test_registered_and_run_by_the_benchmark():
+    from sccvae.benchmark import DEFAULT_METHODS, run_benchmark
+
+    unseen = DEFAULT_METHODS["unseen"]
+    assert unseen.index("mean_target") == unseen.index("mean") + 1
+    assert unseen.index("multireg") == unseen.index("mean") + 2
+    result = run_benchmark(
+        split="unseen",
+        n_folds=2,
+        methods="mean,mean_target,multireg",
+        simulate_kwargs=dict(
+            n_genes=100, n_perturbations=10, n_cells_per_perturbation=30, n_control_cells=200
+        ),
+        n_cells=30,
+        progress=False,
+    )
+    assert result.methods == ["mean", "mean_target", "multireg"]
+    by_method = result.results.set_index(["method", "perturbation"])["pearson_delta_all"]
+    assert by_method.notna().all()
+    # knowing that the target goes down beats the mean on the simulated knock-downs
+    assert by_method["mean_target"].mean() > by_method["mean"].mean()

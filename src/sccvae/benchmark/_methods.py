@@ -184,6 +184,18 @@ def _mean(settings: RunSettings):
     return MeanBaseline(seed=settings.seed)
 
 
+def _mean_target(settings: RunSettings):
+    from sccvae.baselines import MeanTargetBaseline
+
+    return MeanTargetBaseline(seed=settings.seed)
+
+
+def _multireg(settings: RunSettings):
+    from sccvae.baselines import MultiregBaseline
+
+    return MultiregBaseline(seed=settings.seed)
+
+
 def _additive(settings: RunSettings):
     from sccvae.baselines import AdditiveBaseline
 
@@ -236,6 +248,17 @@ REGISTRY: dict[str, Method] = {
     ),
     "control": Method("Training control cells as prediction (no change)", _baseline(_control)),
     "mean": Method("Mean change over all training perturbations", _baseline(_mean)),
+    # they need a target to be measured only to move it: unmeasured targets get the mean
+    "mean_target": Method(
+        "Mean change, each measured target gene moved by the mean own change of the "
+        "training targets",
+        _baseline(_mean_target),
+    ),
+    "multireg": Method(
+        "mean_target, plus every gene moved with a measured target by its joint ridge "
+        "coefficient on the targets' genes in control cells",
+        _baseline(_multireg),
+    ),
     "additive": Method(
         "Sum of the components' observed single-perturbation changes", _baseline(_additive)
     ),
@@ -264,7 +287,16 @@ METHODS: dict[str, str] = {name: method.description for name, method in REGISTRY
 #: Ablations (``sccvae_nograph``, ``sccvae_abstract``) are run by name; the default run fits in
 #: 10 minutes on 2 CPU cores.
 DEFAULT_METHODS: dict[str, tuple[str, ...]] = {
-    "unseen": ("sccvae", "control", "mean", "linear", "coexpression", "knn"),
+    "unseen": (
+        "sccvae",
+        "control",
+        "mean",
+        "mean_target",
+        "multireg",
+        "linear",
+        "coexpression",
+        "knn",
+    ),
     "seen": ("sccvae", "control", "mean", "linear"),
     "combo": ("sccvae", "control", "mean", "linear", "additive"),
 }
