@@ -73,6 +73,7 @@ def test_perfect_prediction():
     np.testing.assert_allclose(table["mse_all"], 0, atol=1e-12)
     np.testing.assert_allclose(table["mse_de"], 0, atol=1e-12)
     np.testing.assert_allclose(table["pearson_delta_all"], 1, atol=1e-9)
+    np.testing.assert_allclose(table["pearson_delta_all_notarget"], 1, atol=1e-9)
     np.testing.assert_allclose(table["pearson_delta_de"], 1, atol=1e-9)
     np.testing.assert_allclose(table["pearson_delta_de_notarget"], 1, atol=1e-9)
     np.testing.assert_allclose(table["direction_accuracy_de"], 1)
@@ -108,6 +109,49 @@ def test_notarget_excludes_targets():
     assert table.loc["g0", "mse_de"] > 0
     assert table.loc["g0", "mse_de_notarget"] == pytest.approx(0, abs=1e-12)
     assert table.loc["g0", "pearson_delta_de_notarget"] == pytest.approx(1)
+    assert table.loc["g0", "pearson_delta_all"] < 0.9
+    assert table.loc["g0", "pearson_delta_all_notarget"] == pytest.approx(1)
+
+
+def test_all_genes_notarget_ignores_a_prediction_of_the_targets_alone():
+    rng = np.random.default_rng(0)
+    genes = [f"g{i}" for i in range(N_GENES)]
+    control = AnnData(
+        X=rng.normal(2.0, 0.3, (200, N_GENES)).astype(np.float32),
+        obs=obs_frame(["control"] * 200),
+        var=pd.DataFrame(index=genes),
+    )
+    # the targets fall by 3; ten other genes move by up to 0.3
+    shift = {"g0": np.zeros(N_GENES), "g1+g2": np.zeros(N_GENES)}
+    shift["g0"][0] = shift["g1+g2"][1] = shift["g1+g2"][2] = -3.0
+    for change in shift.values():
+        change[10:20] = rng.uniform(-0.3, 0.3, 10)
+    observed = AnnData(
+        X=np.vstack([rng.normal(2.0 + s, 0.3, (100, N_GENES)) for s in shift.values()]).astype(
+            np.float32
+        ),
+        obs=obs_frame(np.repeat(list(shift), 100)),
+        var=pd.DataFrame(index=genes),
+    )
+    mu0 = np.asarray(control.X, dtype=np.float64).mean(axis=0)
+    targets_only = np.tile(mu0, (2, 1))
+    targets_only[[0, 1, 1], [0, 1, 2]] -= 3.0
+    noise = rng.normal(0, 0.01, (2, N_GENES))
+
+    def score(x):
+        pred = AnnData(X=x, obs=obs_frame(list(shift)), var=pd.DataFrame(index=genes))
+        return evaluate(pred, observed, control, distribution_metrics=False, de_metrics=False)
+
+    table = score(targets_only)
+    assert (table["pearson_delta_all"] > 0.9).all()
+    assert table["pearson_delta_all_notarget"].isna().all()  # no other gene moves: constant
+    table = score(targets_only + noise)  # other genes move, at random
+    assert (table["pearson_delta_all"] > 0.9).all()
+    assert (table["pearson_delta_all_notarget"].abs() < 0.5).all()
+    perfect = targets_only.copy()
+    perfect[:, 10:20] += np.stack([shift[p][10:20] for p in shift])
+    table = score(perfect + noise / 100)
+    assert (table["pearson_delta_all_notarget"] > 0.9).all()
 
 
 def test_control_prediction_and_mean_baseline():

@@ -308,9 +308,9 @@ def validation_score(
 ) -> float:
     """How well a predicted change matches an observed one, for choosing hyperparameters.
 
-    The mean of the benchmark's three headline correlations of change: over all genes, over
-    the ``n_top`` most changed genes, and over the ``n_top`` most changed genes other than
-    the targets (ranked by absolute observed change).
+    The mean of three of the benchmark's headline correlations of change: over all genes,
+    over the ``n_top`` most changed genes, and over the ``n_top`` most changed genes other
+    than the targets (ranked by absolute observed change).
     """
     order = np.argsort(-np.abs(observed), kind="stable")
     top = order[:n_top]

@@ -16,6 +16,7 @@ from ._errors import BenchmarkInputError  # noqa: F401 - re-exported
 #: The headline metrics of a benchmark run, in report order.
 HEADLINE_METRICS: tuple[str, ...] = (
     "pearson_delta_all",
+    "pearson_delta_all_notarget",
     "pearson_delta_de",
     "pearson_delta_de_notarget",
     "mse_de",

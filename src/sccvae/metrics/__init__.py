@@ -21,8 +21,10 @@ Conventions
   the control cells, ranked by the absolute Welch t statistic
   ``|mu - mu0| / sqrt(s^2 / n + s0^2 / n0)`` (unbiased variances; the ranking scanpy's
   ``rank_genes_groups(method="t-test")`` uses). With ``de_method="abs_change"`` genes are
-  ranked by ``|mu - mu0|`` instead. Ties keep gene order. ``D'`` (the ``*_notarget``
-  metrics) is the top ``n_de_genes`` after removing the perturbation's own target gene(s).
+  ranked by ``|mu - mu0|`` instead. Ties keep gene order. ``D'`` (the ``*_de_notarget``
+  metrics) is the top ``n_de_genes`` after removing the perturbation's own target gene(s);
+  ``pearson_delta_all_notarget`` correlates the changes of all genes but the targets, so a
+  prediction that only moves its targets scores NaN (a constant change) there.
 - **Pearson correlations** of a vector that is constant (standard deviation below
   ``1e-6 * (1 + RMS(mu0))``, e.g. a control prediction given as a mean) are undefined and
   reported as NaN rather than 0.

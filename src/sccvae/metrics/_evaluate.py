@@ -38,6 +38,10 @@ METRICS: dict[str, tuple[bool, str]] = {
     "mse_de": (False, "MSE of means on the top DE genes D (vs control)"),
     "mse_de_notarget": (False, "MSE of means on D' (top DE genes excluding the targets)"),
     "pearson_delta_all": (True, "Pearson r of (mu_hat - mu0, mu - mu0), all genes"),
+    "pearson_delta_all_notarget": (
+        True,
+        "Pearson r of (mu_hat - mu0, mu - mu0), all genes but the perturbation's targets",
+    ),
     "pearson_delta_de": (True, "Pearson r of (mu_hat - mu0, mu - mu0) on D"),
     "pearson_delta_de_notarget": (True, "Pearson r of (mu_hat - mu0, mu - mu0) on D'"),
     "pearson_delta_pertmean_all": (
@@ -264,6 +268,11 @@ def evaluate(
             "mse_de": _mse(mu_hat[i, de], mu[i, de]),
             "mse_de_notarget": _mse(mu_hat[i, de_nt], mu[i, de_nt]),
             "pearson_delta_all": pearson(pred_change[i], obs_change[i], atol),
+            "pearson_delta_all_notarget": pearson(
+                np.delete(pred_change[i], target_cols[i]),
+                np.delete(obs_change[i], target_cols[i]),
+                atol,
+            ),
             "pearson_delta_de": pearson(pred_change[i, de], obs_change[i, de], atol),
             "pearson_delta_de_notarget": pearson(
                 pred_change[i, de_nt], obs_change[i, de_nt], atol
