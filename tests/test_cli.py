@@ -78,7 +78,7 @@ def test_writes_outputs(tiny_file, tmp_path, capsys):
     assert list(out.glob("*.png"))
     results = pd.read_csv(out / "results.csv")
     assert set(results["method"]) == {
-        "sccvae", "control", "mean", "linear", "coexpression", "knn"
+        "sccvae", "control", "mean", "mean_target", "multireg", "linear", "coexpression", "knn"
     }  # fmt: skip
     assert results["perturbation"].nunique() == 10
     splits = json.loads((out / "splits.json").read_text())
