@@ -299,14 +299,14 @@ def test_unseen_sccvae_onehot_only_for_training_targets(tiny):
     genes = set(adata.var_names)
     methods = list(default_methods("unseen"))
     kwargs, notes = {}, []
-    embedding, eligible = _unseen_targets(methods, design, genes, kwargs, notes)
+    embedding, eligible, _ = _unseen_targets(methods, design, genes, kwargs, notes)
     assert eligible == measured and embedding is None  # baselines: coexpression
     assert kwargs["perturbation_embedding"] == "onehot"  # SCCVAE: measured targets are nodes
     assert any("one-hot" in n for n in notes)
     # a DataFrame embedding: SCCVAE gets it with one-hot rows for what it does not cover
     frame = pd.DataFrame(np.ones((3, 2)), index=[unmeasured[0], measured[0], "other"])
     kwargs = {"perturbation_embedding": frame}
-    embedding, eligible = _unseen_targets(methods, design, genes, kwargs, [])
+    embedding, eligible, _ = _unseen_targets(methods, design, genes, kwargs, [])
     assert embedding is frame
     assert eligible == [measured[0]]  # linear and knn only embed the frame's genes
     augmented = kwargs["perturbation_embedding"]
@@ -315,6 +315,24 @@ def test_unseen_sccvae_onehot_only_for_training_targets(tiny):
     # SCCVAE with abstract nodes cannot represent unseen targets one-hot: nothing eligible
     with pytest.raises(BenchmarkInputError, match="No perturbation can be tested unseen"):
         _unseen_targets(["sccvae_abstract", "mean"], design, genes, {}, [])
+
+
+def test_one_eligible_perturbation(tiny, monkeypatch, no_training):
+    from sccvae.benchmark import _runner
+
+    adata, unmeasured, measured = _unmeasured(tiny, n=9)
+    # baselines that learn from the perturbations they can represent would have none
+    for method in ("linear", "knn", "coexpression"):
+        with pytest.raises(
+            BenchmarkInputError, match=f"{method} learns from .* a fold trains on 0"
+        ):
+            run_benchmark(adata, methods=f"mean,{method}", **FAST)
+    # others run: a single fold tests the one eligible perturbation, the rest train
+    monkeypatch.setattr(_runner, "_run_fold", lambda *args, **kwargs: [])
+    result = run_benchmark(adata, methods="sccvae,mean", **FAST)
+    (split,) = result.splits
+    assert split.test_perturbations == measured and split.train_perturbations == unmeasured
+    assert result.config["model_kwargs"]["perturbation_embedding"] == "onehot"
 
 
 def test_default_simulated_folds_unchanged(monkeypatch):

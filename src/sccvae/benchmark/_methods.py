@@ -75,6 +75,9 @@ class Method:
     measured_only
         Predicts only targets that are measured genes (in ``var_names``), whatever the
         embedding.
+    min_training
+        Training perturbations whose targets it can represent that it needs to fit (0: no
+        such need); checked for unseen splits before any training.
     model_kwargs
         For SCCVAE variants: the model arguments that define the variant.
     train_kwargs
@@ -85,6 +88,7 @@ class Method:
     fit: Callable[..., Fitted]
     needs_embedding: bool = False
     measured_only: bool = False
+    min_training: int = 0
     model_kwargs: Mapping[str, Any] = field(default_factory=dict)
     train_kwargs: Mapping[str, Any] = field(default_factory=dict)
 
@@ -258,18 +262,21 @@ REGISTRY: dict[str, Method] = {
         "Linear model on gene and perturbation embeddings (Ahlmann-Eltze et al. 2025)",
         _baseline(_linear),
         needs_embedding=True,
+        min_training=2,
     ),
     "coexpression": Method(
         "Each gene moves by its regression slope on the target gene in control cells "
         "(measured targets only)",
         _baseline(_coexpression),
         measured_only=True,
+        min_training=1,
     ),
     "knn": Method(
         "Similarity-weighted mean change of the nearest training perturbations in the "
         "target embedding",
         _baseline(_knn),
         needs_embedding=True,
+        min_training=1,
     ),
 }
 

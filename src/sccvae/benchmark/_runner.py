@@ -328,7 +328,7 @@ def run_benchmark(
         all_targets = sorted({t for p in design.perturbations for t in design.targets(p)})
         genes = set(work.var_names)
         if split == "unseen":
-            target_embedding, eligible = _unseen_targets(
+            target_embedding, eligible, covers = _unseen_targets(
                 method_list, design, genes, model_kwargs, notes
             )
             n_eligible = len(design.perturbations if eligible is None else eligible)
@@ -349,6 +349,8 @@ def run_benchmark(
         splits = _make_splits(
             work, split, fold_count, perturbation_key, seed, design, eligible=eligible
         )
+        if split == "unseen":
+            _check_training_coverage(splits, design, covers)
     except (KeyError, ValueError) as err:
         if isinstance(err, BenchmarkInputError):
             raise
@@ -545,11 +547,12 @@ def _unseen_targets(
     genes: set[str],
     model_kwargs: dict[str, Any],
     notes: list[str],
-) -> tuple[pd.DataFrame | None, list[str] | None]:
+) -> tuple[pd.DataFrame | None, list[str] | None, dict[str, set[str] | None]]:
     """Return the baselines' embedding and the perturbations an unseen split may test.
 
     A perturbation is eligible for testing when every method of the run can represent each
     of its targets without having seen it; ``None`` means all are. The others always train.
+    The third value is, per method, the targets it can represent (``None``: any).
     ``model_kwargs`` is updated for SCCVAE where it needs one-hot rows for training targets
     that neither its nodes nor its embedding cover. Raises a BenchmarkInputError when no
     perturbation is eligible.
@@ -614,7 +617,7 @@ def _unseen_targets(
             "DataFrame covering the targets."
         )
     if not always_train:
-        return frame, None
+        return frame, None, covers
     notes.append(
         f"{len(eligible)} of {len(design.perturbations)} perturbations are eligible for "
         f"testing (every target representable unseen by every method: in {embedding_name})"
@@ -632,7 +635,34 @@ def _unseen_targets(
             f"{dropping} leave the training perturbations whose targets they cannot embed "
             "out of their fit."
         )
-    return frame, eligible
+    return frame, eligible, covers
+
+
+def _check_training_coverage(
+    splits: list[Split], design: PerturbationDesign, covers: dict[str, set[str] | None]
+) -> None:
+    """Raise a BenchmarkInputError where a fold leaves a method too few perturbations to fit.
+
+    A method that learns from the training perturbations it can represent (its
+    ``Method.min_training``) fails to fit on a fold that trains on fewer of them, e.g. when
+    only one or two perturbations are eligible for testing.
+    """
+    for name, cover in covers.items():
+        need = REGISTRY[name].min_training
+        if cover is None or not need:
+            continue
+        fewest = min(
+            sum(all(t in cover for t in design.targets(p)) for p in s.train_perturbations)
+            for s in splits
+        )
+        if fewest < need:
+            raise BenchmarkInputError(
+                f"{name} learns from the training perturbations whose targets it can "
+                f"represent and needs at least {need}, but a fold trains on {fewest}: too few "
+                "perturbations have targets it can represent (measured genes, or genes of the "
+                f"embedding DataFrame). Drop {name!r} from the methods, or use split='seen' or "
+                "'combo'."
+            )
 
 
 def _target_embedding(
