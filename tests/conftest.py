@@ -9,7 +9,13 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+#: the shared real data (``../shared/data`` from the repository root); SCCVAE_SHARED_DATA
+#: points elsewhere, e.g. from a git worktree that has no ``../shared`` next to it
+SHARED_DATA = Path(
+    os.environ.get(
+        "SCCVAE_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    )
+)
 #: perturbench's development subset (``src/perturbench/data/resources/devel.h5ad`` of
 #: github.com/altoslabs/perturbench, BSD-3): real Norman 2019 and McFaline-Figueroa 2023 cells
 PERTURBENCH_DEVEL = Path(
@@ -19,6 +25,12 @@ PERTURBENCH_DEVEL_MISSING = (
     f"perturbench's development subset is not at {PERTURBENCH_DEVEL}: copy "
     "src/perturbench/data/resources/devel.h5ad from github.com/altoslabs/perturbench and set "
     "SCCVAE_PERTURBENCH_DEVEL=/path/to/devel.h5ad to run this test"
+)
+#: Papalexi et al. 2021 THP-1 knock-outs (raw counts, 299 genes), see SHARED_DATA/README.md
+PAPALEXI = SHARED_DATA / "papalexi2021_thp1_ko_dev.h5ad"
+PAPALEXI_MISSING = (
+    f"the Papalexi 2021 THP-1 screen is not at {PAPALEXI}; set SCCVAE_SHARED_DATA to the "
+    "folder holding papalexi2021_thp1_ko_dev.h5ad to run this test"
 )
 
 

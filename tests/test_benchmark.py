@@ -3,6 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 
 import sccvae
 from sccvae.benchmark import (
@@ -14,6 +15,9 @@ from sccvae.benchmark import (
     run_benchmark,
 )
 from sccvae.data import simulate_perturbseq
+from sccvae.splits import unseen_perturbation_folds
+
+from .conftest import PAPALEXI, PAPALEXI_MISSING
 
 TINY = dict(n_genes=100, n_perturbations=10, n_cells_per_perturbation=30, n_control_cells=200)
 FAST = dict(
@@ -124,7 +128,10 @@ def test_unmeasured_targets_seen_split_uses_onehot(tiny):
     [
         ({"perturbation_key": "nope"}, "not found in adata.obs"),
         ({"control_label": "ctrl"}, "No control cells"),
-        ({"n_folds": 50}, "n_folds"),
+        ({"n_folds": 1}, "n_folds"),
+        ({"likelihood": "poisson"}, "Unknown likelihood"),
+        ({"likelihood": "nb"}, "needs raw counts in X"),
+        ({"model_kwargs": {"likelihood": "nb"}}, "may not set 'likelihood'"),
         ({"methods": "sccvae,gears"}, "Unknown method"),
         ({"methods": []}, "No method"),
         ({"split": "combo"}, "No combination"),
@@ -147,11 +154,246 @@ def test_bad_data_path(no_training, tmp_path):
         run_benchmark(data=tmp_path / "x.txt", **FAST)
 
 
-def test_counts_in_x_rejected(tiny, no_training):
+def _counts_adata(tiny):
+    """``tiny`` with its raw counts in X (and no log-normalised values anywhere)."""
     adata = tiny.copy()
-    adata.X = adata.layers["counts"].copy()
-    with pytest.raises(BenchmarkInputError, match="raw counts"):
-        run_benchmark(adata, n_folds=2, **FAST)
+    adata.X = adata.layers.pop("counts")
+    return adata
+
+
+def _log_normalised_by_hand(counts) -> np.ndarray:
+    x = counts.toarray().astype(np.float64)
+    return np.log1p(x / x.sum(axis=1, keepdims=True) * 1e4)
+
+
+def test_counts_in_x_log_normalised_for_baselines_and_scoring(tiny):
+    adata = _counts_adata(tiny)
+    before = adata.copy()
+    run = dict(n_folds=2, methods="mean,control", **FAST)
+    result = run_benchmark(adata, **run)
+    assert result.config["data"]["expression"].startswith("raw counts")
+    assert result.config["likelihood"] == "nb"  # the default on counts
+    assert "normalize_total(target_sum=1e4) + log1p" in result.config["normalisation"]
+    # the same run on counts log-normalised by hand scores the same (baselines fitted on them)
+    by_hand = adata.copy()
+    by_hand.X = sp.csr_matrix(_log_normalised_by_hand(adata.X).astype(np.float32))
+    expected = run_benchmark(by_hand, **run)
+    assert expected.config["likelihood"] == "gaussian"
+    assert expected.config["normalisation"].startswith("none")
+    numeric = result.results.select_dtypes("number").columns
+    np.testing.assert_allclose(
+        result.results[numeric], expected.results[numeric], rtol=1e-4, atol=1e-5
+    )
+    for method in ("mean", "control", "observed"):
+        np.testing.assert_allclose(result.deltas[method], expected.deltas[method], atol=1e-5)
+    # observed changes: test cells' mean minus the training controls' mean, log-normalised
+    x = _log_normalised_by_hand(adata.X)
+    labels = adata.obs["perturbation"].astype(str).to_numpy()
+    for fold, split in enumerate(result.splits):
+        train_controls = split.train_idx[labels[split.train_idx] == "control"]
+        control_mean = x[train_controls].mean(axis=0)
+        for pert in split.test_perturbations:
+            delta = x[labels == pert].mean(axis=0) - control_mean
+            got = result.deltas["observed"].loc[(fold, pert)].to_numpy()
+            np.testing.assert_allclose(got, delta, atol=1e-4)
+    assert (adata.X != before.X).nnz == 0 and adata.obs.equals(before.obs)
+    assert not adata.layers  # the input gains no layer
+
+
+def test_sccvae_nb_on_counts_predictions_scored_log_normalised(tiny, monkeypatch):
+    from sccvae.benchmark import _runner
+
+    seen = {}
+    setup, init, evaluate = sccvae.SCCVAE.setup_anndata, sccvae.SCCVAE.__init__, _runner.evaluate
+
+    def spy_setup(adata, *args, **kwargs):
+        seen["layer"] = kwargs.get("layer")
+        seen["layer_holds_counts"] = np.array_equal(
+            adata.layers["counts"].toarray(), np.round(adata.layers["counts"].toarray())
+        )
+        return setup(adata, *args, **kwargs)
+
+    def spy_init(self, adata, **kwargs):
+        seen["likelihood"] = kwargs.get("likelihood")
+        return init(self, adata, **kwargs)
+
+    def spy_evaluate(pred, *args, **kwargs):
+        seen.setdefault("predictions", []).append(pred)
+        return evaluate(pred, *args, **kwargs)
+
+    monkeypatch.setattr(sccvae.SCCVAE, "setup_anndata", spy_setup)
+    monkeypatch.setattr(sccvae.SCCVAE, "__init__", spy_init)
+    monkeypatch.setattr(_runner, "evaluate", spy_evaluate)
+    result = run_benchmark(
+        _counts_adata(tiny), n_folds=2, folds=[0], methods="sccvae,mean", **FAST
+    )
+    assert seen["layer"] == "counts" and seen["layer_holds_counts"]
+    assert seen["likelihood"] == "nb"
+    assert result.config["sccvae_trained_on"].startswith("the raw counts")
+    (pred, _) = seen["predictions"]  # sccvae's, then the mean baseline's
+    # log-normalised cell by cell: each predicted cell's normalised total is 1e4
+    x = pred.X.toarray() if sp.issparse(pred.X) else np.asarray(pred.X)
+    np.testing.assert_allclose(np.expm1(x.astype(np.float64)).sum(axis=1), 1e4, rtol=1e-3)
+    assert result.results.loc[result.results["method"] == "sccvae", "mse_all"].notna().all()
+
+
+def test_gaussian_likelihood_on_counts_trains_on_log_normalised_x(tiny, monkeypatch):
+    seen = {}
+
+    def stop(adata, *args, **kwargs):
+        seen["layer"] = kwargs.get("layer")
+        seen["x"] = adata.X.copy()
+        raise RuntimeError("stop before training")
+
+    monkeypatch.setattr(sccvae.SCCVAE, "setup_anndata", stop)
+    adata = _counts_adata(tiny)
+    with pytest.raises(RuntimeError, match="stop before training"):
+        run_benchmark(adata, n_folds=2, methods="sccvae", likelihood="gaussian", **FAST)
+    assert seen["layer"] is None
+    x = seen["x"].toarray()
+    assert x.max() < np.log1p(1e4) + 1e-4 and not np.allclose(x, np.round(x))
+
+
+def _unmeasured(tiny, n: int = 4):
+    """``tiny`` whose first ``n`` targets (sorted) are renamed away from the genes."""
+    adata = tiny.copy()
+    targets = sorted(set(adata.obs["perturbation"].astype(str)) - {"control"})
+    hidden = set(targets[:n])
+    adata.var_names = [f"x{g}" if g in hidden else g for g in adata.var_names]
+    return adata, sorted(hidden), sorted(set(targets) - hidden)
+
+
+def test_unseen_folds_only_among_measured_targets(tiny, no_training):
+    adata, unmeasured, measured = _unmeasured(tiny)
+    run = dict(methods="mean,coexpression", **FAST)
+    result = run_benchmark(adata, n_folds=2, **run)  # 6 eligible >= 2 x 2: two folds
+    assert len(result.splits) == 2
+    assert sorted(p for s in result.splits for p in s.test_perturbations) == measured
+    for split in result.splits:
+        assert set(unmeasured) <= set(split.train_perturbations)
+        assert set(unmeasured).isdisjoint(split.test_perturbations)
+    assert result.config["eligible_perturbations"] == measured
+    assert result.config["always_train"] == unmeasured
+    assert any("6 of 10 perturbations are eligible" in n for n in result.notes)
+    assert any(str(unmeasured) in n and "always train" in n for n in result.notes)
+    # fewer than 2 x n_folds eligible: leave-one-out, one fold per eligible perturbation
+    loo = run_benchmark(adata, n_folds=5, **run)
+    assert sorted(len(s.test_perturbations) for s in loo.splits) == [1] * 6
+    assert sorted(p for s in loo.splits for p in s.test_perturbations) == measured
+    assert len(loo.splits) == 6 == loo.config["n_folds"]
+    assert loo.config["fold_scheme"].startswith("leave-one-out")
+    assert any("Leave-one-out" in n for n in loo.notes)
+    # methods that represent any target: every perturbation eligible, folds as before
+    free = run_benchmark(adata, n_folds=2, methods="mean,control", **FAST)
+    assert free.config["always_train"] == []
+    default = unseen_perturbation_folds(adata, n_folds=2, seed=0)
+    assert [s.to_dict() for s in free.splits] == [s.to_dict() for s in default]
+
+
+def test_unseen_sccvae_onehot_only_for_training_targets(tiny):
+    from sccvae._perturbations import design_of
+    from sccvae.benchmark._runner import _unseen_targets
+
+    adata, unmeasured, measured = _unmeasured(tiny)
+    design = design_of(adata.obs, "perturbation", "control", "+")
+    genes = set(adata.var_names)
+    methods = list(default_methods("unseen"))
+    kwargs, notes = {}, []
+    embedding, eligible, _ = _unseen_targets(methods, design, genes, kwargs, notes)
+    assert eligible == measured and embedding is None  # baselines: coexpression
+    assert kwargs["perturbation_embedding"] == "onehot"  # SCCVAE: measured targets are nodes
+    assert any("one-hot" in n for n in notes)
+    # a DataFrame embedding: SCCVAE gets it with one-hot rows for what it does not cover
+    frame = pd.DataFrame(np.ones((3, 2)), index=[unmeasured[0], measured[0], "other"])
+    kwargs = {"perturbation_embedding": frame}
+    embedding, eligible, _ = _unseen_targets(methods, design, genes, kwargs, [])
+    assert embedding is frame
+    assert eligible == [measured[0]]  # linear and knn only embed the frame's genes
+    augmented = kwargs["perturbation_embedding"]
+    assert set(unmeasured) <= set(augmented.index)
+    assert augmented.loc[unmeasured[0]].tolist() == [1.0, 1.0] + [0.0] * 3
+    # SCCVAE with abstract nodes cannot represent unseen targets one-hot: nothing eligible
+    with pytest.raises(BenchmarkInputError, match="No perturbation can be tested unseen"):
+        _unseen_targets(["sccvae_abstract", "mean"], design, genes, {}, [])
+
+
+def test_one_eligible_perturbation(tiny, monkeypatch, no_training):
+    from sccvae.benchmark import _runner
+
+    adata, unmeasured, measured = _unmeasured(tiny, n=9)
+    # baselines that learn from the perturbations they can represent would have none
+    for method in ("linear", "knn", "coexpression"):
+        with pytest.raises(
+            BenchmarkInputError, match=f"{method} learns from .* a fold trains on 0"
+        ):
+            run_benchmark(adata, methods=f"mean,{method}", **FAST)
+    # others run: a single fold tests the one eligible perturbation, the rest train
+    monkeypatch.setattr(_runner, "_run_fold", lambda *args, **kwargs: [])
+    result = run_benchmark(adata, methods="sccvae,mean", **FAST)
+    (split,) = result.splits
+    assert split.test_perturbations == measured and split.train_perturbations == unmeasured
+    assert result.config["model_kwargs"]["perturbation_embedding"] == "onehot"
+
+
+def test_default_simulated_folds_unchanged(monkeypatch):
+    from sccvae.benchmark import _runner, load_data
+
+    # no fitting or scoring: only the folds the default run makes are compared
+    monkeypatch.setattr(_runner, "_run_fold", lambda *args, **kwargs: [])
+    result = run_benchmark(progress=False)
+    adata, _ = load_data("simulated")
+    default = unseen_perturbation_folds(adata, n_folds=5, seed=0)
+    assert len(result.splits) == 5 and not result.config["always_train"]
+    assert [s.to_dict() for s in result.splits] == [s.to_dict() for s in default]
+    assert not any("eligible" in n or "Leave-one-out" in n for n in result.notes)
+
+
+def test_obs_filter(tiny, no_training):
+    adata = tiny.copy()
+    adata.obs["quality"] = np.random.default_rng(0).random(adata.n_obs)
+    before = adata.obs.copy()
+    run = dict(n_folds=2, methods="mean,control", **FAST)
+    result = run_benchmark(adata, obs_filter="quality >= 0.3", **run)
+    kept = int((adata.obs["quality"] >= 0.3).sum())
+    assert result.config["data"]["n_cells"] == kept < adata.n_obs
+    assert result.config["obs_filter"] == "quality >= 0.3"
+    assert f"kept {kept} of {adata.n_obs}" in result.config["data"]["obs_filter"]
+    assert adata.obs.equals(before) and adata.n_obs == tiny.n_obs
+    with pytest.raises(BenchmarkInputError, match="'nope'"):
+        run_benchmark(adata, obs_filter="nope >= 0.3", **run)
+    with pytest.raises(BenchmarkInputError, match="cannot be applied"):
+        run_benchmark(adata, obs_filter="quality >=", **run)
+    with pytest.raises(BenchmarkInputError, match="no control cells"):
+        run_benchmark(adata, obs_filter="perturbation != 'control'", **run)
+    with pytest.raises(BenchmarkInputError, match="keeps no cell"):
+        run_benchmark(adata, obs_filter="quality > 2", **run)
+
+
+@pytest.mark.skipif(not PAPALEXI.exists(), reason=PAPALEXI_MISSING)
+def test_papalexi_counts_leave_one_out_over_measured_targets():
+    measured = ["CMTM6", "IFNGR2", "NFKBIA", "STAT1", "STAT3", "TNFRSF14"]
+    result = run_benchmark(
+        data=PAPALEXI,
+        methods="mean,coexpression",
+        obs_filter="grna_max_frac >= 0.8",
+        n_cells=30,
+        progress=False,
+    )
+    assert result.config["data"]["expression"].startswith("raw counts")
+    assert result.config["data"]["n_cells"] == 14394
+    assert result.config["fold_scheme"].startswith("leave-one-out")
+    assert sorted(len(s.test_perturbations) for s in result.splits) == [1] * 6
+    assert sorted(p for s in result.splits for p in s.test_perturbations) == measured
+    assert result.config["eligible_perturbations"] == measured
+    assert len(result.config["always_train"]) == 16
+    for split in result.splits:
+        assert set(result.config["always_train"]) <= set(split.train_perturbations)
+    scored = result.results.groupby("method")["perturbation"].apply(sorted)
+    assert scored.to_dict() == {"mean": measured, "coexpression": measured}
+    # scored on log-normalised values: a knock-out's own gene drops by less than ~4
+    own = [result.deltas["observed"].loc[(f, p), p] for f, s in enumerate(result.splits)
+           for p in s.test_perturbations]  # fmt: skip
+    assert all(-5 < d < 0 for d in own)
 
 
 def test_dataset_subset_from_file(tiny, tmp_path):

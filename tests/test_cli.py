@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -48,8 +49,12 @@ def test_help(capsys):
         "--n-cells",
         "--quiet",
         "--dataset",
+        "--likelihood",
+        "--obs-filter",
     ):
         assert option in text
+    flat = " ".join(text.split())
+    assert "grna_max_frac >= 0.8" in flat and "leave-one-out" in flat and "raw counts" in flat
 
 
 def test_help_as_module():
@@ -100,7 +105,9 @@ def test_writes_outputs(tiny_file, tmp_path, capsys):
         (["--methods", "sccvae,gears"], "Unknown method"),
         (["--perturbation-key", "condition"], "not found in adata.obs"),
         (["--control-label", "ctrl"], "No control cells"),
-        (["--folds", "40"], "n_folds"),
+        (["--folds", "1"], "n_folds"),
+        (["--likelihood", "nb"], "needs raw counts in X"),
+        (["--obs-filter", "nope > 1"], "'nope'"),
         (["--split", "combo"], "No combination"),
     ],
 )
@@ -122,3 +129,18 @@ def test_bad_split_choice_exit_2(capsys):
     with pytest.raises(SystemExit) as info:
         main(["benchmark", "--split", "iid"])
     assert info.value.code == 2
+
+
+def test_counts_file_with_filter_and_likelihood(tmp_path, capsys):
+    adata = simulate_perturbseq(**TINY, seed=0)
+    adata.X = adata.layers.pop("counts")
+    adata.obs["quality"] = np.linspace(0, 1, adata.n_obs)
+    path = tmp_path / "counts.h5ad"
+    adata.write_h5ad(path)
+    out = tmp_path / "bench"
+    argv = ["benchmark", "--data", str(path), "--folds", "2", "--methods", "mean,control"]
+    argv += ["--obs-filter", "quality >= 0.1", "--likelihood", "nb", "--out", str(out), *FAST]
+    assert main(argv) == 0
+    md = (out / "summary.md").read_text()
+    assert "- likelihood: nb" in md and "- obs_filter: quality >= 0.1" in md
+    assert "normalize_total(target_sum=1e4) + log1p" in md

@@ -95,6 +95,53 @@ def test_unseen_folds_errors():
         unseen_perturbation_folds(adata, n_folds=2, control_label="ctrl")
 
 
+def test_unseen_folds_eligible_only_are_tested_the_others_always_train():
+    perts = [f"G{i}" for i in range(10)] + ["G0+G1"]
+    adata = make_adata(perts)
+    eligible = ["G2", "G5", "G7", "G1+G0"]  # any order of a combination's targets
+    folds = unseen_perturbation_folds(adata, n_folds=2, seed=0, eligible=eligible)
+    tested = sorted(p for s in folds for p in s.test_perturbations)
+    assert tested == ["G0+G1", "G2", "G5", "G7"]
+    always = sorted(set(canonicalize_labels(perts)) - set(tested))
+    for split in folds:
+        assert set(always) <= set(split.train_perturbations)
+        assert set(always).isdisjoint(labels_of(adata, split.test_idx))
+        assert sorted(split.params["always_train"]) == always
+        parts = np.concatenate([split.train_idx, split.validation_idx, split.test_idx])
+        assert np.array_equal(np.sort(parts), np.arange(adata.n_obs))
+    # one fold per eligible perturbation (leave-one-out), and one fold of all of them
+    loo = unseen_perturbation_folds(adata, n_folds=4, seed=0, eligible=eligible)
+    assert sorted(len(s.test_perturbations) for s in loo) == [1, 1, 1, 1]
+    (single,) = unseen_perturbation_folds(adata, n_folds=1, seed=0, eligible=eligible)
+    assert sorted(single.test_perturbations) == tested
+
+
+def test_unseen_folds_eligible_all_gives_the_default_folds():
+    adata = make_adata([f"G{i}" for i in range(13)] + ["G0+G1"])
+    default = unseen_perturbation_folds(adata, n_folds=5, seed=4)
+    everyone = sorted(set(adata.obs["perturbation"]) - {"control"}, reverse=True)
+    given = unseen_perturbation_folds(adata, n_folds=5, seed=4, eligible=everyone)
+    for a, b in zip(default, given, strict=True):
+        for part in ("train_idx", "validation_idx", "test_idx"):
+            assert np.array_equal(getattr(a, part), getattr(b, part))
+        assert a.test_perturbations == b.test_perturbations
+    assert "always_train" not in default[0].params  # splits.json of a default run unchanged
+
+
+def test_unseen_folds_eligible_errors():
+    adata = make_adata(["A", "B", "C"])
+    with pytest.raises(ValueError, match="not perturbations of the data.*'D'"):
+        unseen_perturbation_folds(adata, n_folds=2, eligible=["A", "D"])
+    with pytest.raises(ValueError, match="control cells cannot be tested"):
+        unseen_perturbation_folds(adata, n_folds=2, eligible=["control"])
+    with pytest.raises(ValueError, match="1 eligible perturbation"):
+        unseen_perturbation_folds(adata, n_folds=2, eligible=["A"])
+    with pytest.raises(ValueError, match="at least 2"):
+        unseen_perturbation_folds(adata, n_folds=1, eligible=["A", "B", "C"])
+    with pytest.raises(TypeError, match="list of perturbation labels"):
+        unseen_perturbation_folds(adata, n_folds=2, eligible="A")
+
+
 def test_split_roundtrip_json_and_frame(tmp_path):
     adata = make_adata([f"G{i}" for i in range(6)])
     split = unseen_perturbation_folds(adata, n_folds=3)[0]

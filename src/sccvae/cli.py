@@ -11,6 +11,13 @@ On the perturbench development file (Norman 2019 subset), held-out combinations:
     sccvae benchmark --data perturbench_devel.h5ad --perturbation-key condition \\
         --dataset norman19 --split combo --out bench_norman/
 
+On a screen whose X holds raw UMI counts (SCCVAE fits them with its negative binomial
+likelihood; the baselines and the scoring use their log-normalisation), keeping the cells
+with a clean gRNA assignment::
+
+    sccvae benchmark --data papalexi2021_thp1_ko_dev.h5ad --split unseen \\
+        --obs-filter "grna_max_frac >= 0.8" --out bench_papalexi/
+
 Bad input (missing file or column, unknown method, too few perturbations for the folds...)
 is reported before any training, with exit status 2.
 """
@@ -68,8 +75,17 @@ def build_parser() -> argparse.ArgumentParser:
             "Split the data, train SCCVAE and baselines on training cells only, predict the "
             "held-out perturbations and score them (per-perturbation metrics, bootstrap CIs, "
             "win rates of sccvae vs each method). Models are trained only on training and "
-            "validation cells; test cells are used for scoring only. X of a data file must "
-            "hold log-normalised expression (normalize_total + log1p)."
+            "validation cells; test cells are used for scoring only. X of a data file holds "
+            "log-normalised expression (normalize_total + log1p) or raw counts (non-negative "
+            "integers, detected): counts are log-normalised once (normalize_total("
+            "target_sum=1e4) + log1p, per cell), every baseline is fitted and every method "
+            "scored on that, and SCCVAE is trained on the counts (--likelihood nb, the "
+            "default on counts) with its predicted counts log-normalised the same way before "
+            "scoring. With --split unseen, test folds are drawn only among the perturbations "
+            "every method can represent unseen (default methods: targets that are measured "
+            "genes); the others (e.g. knock-outs of unmeasured genes) train in every fold. "
+            "With fewer than 2 x --folds such perturbations, each is tested in its own fold "
+            "(leave-one-out)."
         ),
         formatter_class=_HelpFormatter,
     )
@@ -77,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--data",
         default="simulated",
         help="'simulated' (sccvae.data.simulate_perturbseq defaults; 30 combinations added "
-        "for --split combo) or a path to an .h5ad file with log-normalised X",
+        "for --split combo) or a path to an .h5ad file with log-normalised expression or raw "
+        "counts in X",
     )
     bench.add_argument(
         "--perturbation-key",
@@ -113,7 +130,30 @@ def build_parser() -> argparse.ArgumentParser:
         "screen with 30 doubles, half within a module, all held out while every single is "
         "trained; --scenario saturation makes their truth non-additive)",
     )
-    bench.add_argument("--folds", type=_positive_int, default=5, help="folds of the unseen split")
+    bench.add_argument(
+        "--folds",
+        type=_positive_int,
+        default=5,
+        help="folds of the unseen split (at least 2), over the perturbations eligible for "
+        "testing; with fewer than 2 x FOLDS eligible ones, one fold per eligible perturbation "
+        "(leave-one-out)",
+    )
+    bench.add_argument(
+        "--obs-filter",
+        default=None,
+        metavar="EXPR",
+        help="keep only the cells whose obs satisfies this pandas DataFrame.query expression, "
+        'applied right after loading, e.g. --obs-filter "grna_max_frac >= 0.8" (a clean '
+        "gRNA assignment); without it, all cells",
+    )
+    bench.add_argument(
+        "--likelihood",
+        choices=("nb", "gaussian"),
+        default=None,
+        help="SCCVAE's likelihood: nb (negative binomial on the raw counts; X must hold "
+        "counts) or gaussian (on log-normalised expression: X, or the log-normalised counts); "
+        "without it, nb when X holds raw counts, else gaussian",
+    )
     bench.add_argument(
         "--max-epochs",
         type=_positive_int,
@@ -242,6 +282,8 @@ def _benchmark(args: argparse.Namespace, parser: argparse.ArgumentParser, argv) 
                 n_threads=args.threads,
                 command=command,
                 scenario=args.scenario,
+                likelihood=args.likelihood,
+                obs_filter=args.obs_filter,
             )
     except (BenchmarkInputError, FileNotFoundError) as err:
         message = str(err.args[0]) if err.args else str(err)

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from sccvae._perturbations import PerturbationDesign, design_of
+from sccvae._perturbations import PerturbationDesign, canonicalize_labels, design_of
 
 logger = logging.getLogger(__name__)
 
@@ -322,15 +322,17 @@ def unseen_perturbation_folds(
     combination_delimiter: str = "+",
     *,
     design: PerturbationDesign | None = None,
+    eligible: Sequence[str] | None = None,
 ) -> list[Split]:
     """K-fold splits whose test perturbations are unseen in training (the paper's OOD setting).
 
     The non-control perturbations (combinations count as units; ``"A+B"`` and ``"B+A"`` are
-    one) are shuffled with ``seed`` and dealt into ``n_folds`` folds of near-equal size. In
-    split ``k`` the test set is every cell of fold ``k``; the cells of each remaining
-    (training) perturbation are split ``1 - validation_fraction`` / ``validation_fraction``
-    into train / validation (per perturbation, so each has cells in both, unless it has a
-    single cell); all control cells go to train.
+    one) that are ``eligible`` for testing (all by default) are shuffled with ``seed`` and
+    dealt into ``n_folds`` folds of near-equal size. In split ``k`` the test set is every cell
+    of fold ``k``; the cells of each remaining (training) perturbation, the non-eligible ones
+    included, are split ``1 - validation_fraction`` / ``validation_fraction`` into train /
+    validation (per perturbation, so each has cells in both, unless it has a single cell);
+    all control cells go to train.
 
     Parameters
     ----------
@@ -346,27 +348,44 @@ def unseen_perturbation_folds(
         Share of each training perturbation's cells used for validation (paper: 1/8).
     design
         The :class:`~sccvae._perturbations.PerturbationDesign` of ``adata``, if already built.
+    eligible
+        Labels of the perturbations that may be tested (any order of a combination's
+        targets); the others are in the training set of every split (e.g. perturbations
+        whose targets a method cannot represent unseen, such as unmeasured genes). ``None``
+        (default): all, and the folds are those made without this argument. With a proper
+        subset, ``n_folds=1`` is allowed (the eligible perturbations are tested together and
+        the others train).
 
     Returns
     -------
     ``n_folds`` :class:`Split` objects named ``"unseen_fold{k}"``.
     """
     n_folds = int(n_folds)
-    if n_folds < 2:
-        raise ValueError(f"`n_folds` must be at least 2, got {n_folds}.")
     validation_fraction = _check_fraction(validation_fraction, "validation_fraction")
     control_idx, groups, _ = _groups(
         adata, perturbation_key, control_label, combination_delimiter, design
     )
     perts = list(groups)
-    if len(perts) < n_folds:
+    testable = perts
+    if eligible is not None:
+        testable = _eligible(perts, eligible, control_label, combination_delimiter)
+    tested = set(testable)
+    always_train = [p for p in perts if p not in tested]
+    # one fold is a valid split only when perturbations outside it remain to train on
+    lowest = 1 if len(testable) < len(perts) else 2
+    if n_folds < lowest:
+        raise ValueError(f"`n_folds` must be at least {lowest}, got {n_folds}.")
+    if len(testable) < n_folds:
+        which = "perturbation(s)" if eligible is None else "eligible perturbation(s)"
         raise ValueError(
-            f"{len(perts)} perturbation(s) but n_folds={n_folds}: every fold needs at least one "
+            f"{len(testable)} {which} but n_folds={n_folds}: every fold needs at least one "
             "test perturbation. Lower `n_folds`."
         )
+    # the eligible perturbations keep the order of `perts`, so that eligible=None and
+    # eligible=<all> shuffle the same list with the same draws and give the same folds
     rng = np.random.default_rng(seed)
-    order = rng.permutation(len(perts))
-    folds = [sorted(perts[i] for i in chunk) for chunk in np.array_split(order, n_folds)]
+    order = rng.permutation(len(testable))
+    folds = [sorted(testable[i] for i in chunk) for chunk in np.array_split(order, n_folds)]
     splits = []
     for k, test_perts in enumerate(folds):
         fold_rng = np.random.default_rng([seed, k])
@@ -390,11 +409,35 @@ def unseen_perturbation_folds(
                     "validation_fraction": validation_fraction,
                     "perturbation_key": perturbation_key,
                     "control_label": control_label,
+                    # recorded only when given, so default splits serialise as before
+                    **({} if eligible is None else {"always_train": always_train}),
                 },
             )
         )
-    logger.info("Made %d unseen-perturbation folds over %d perturbations", n_folds, len(perts))
+    logger.info(
+        "Made %d unseen-perturbation folds over %d of %d perturbations",
+        n_folds,
+        len(testable),
+        len(perts),
+    )
     return splits
+
+
+def _eligible(
+    perts: list[str], eligible: Sequence[str], control_label: str, delimiter: str
+) -> list[str]:
+    """Return the perturbations of ``perts`` (canonical labels) named in ``eligible``."""
+    if isinstance(eligible, str):
+        raise TypeError("`eligible` must be a list of perturbation labels, not one string.")
+    wanted = set(canonicalize_labels([str(p) for p in eligible], control_label, delimiter))
+    unknown = sorted(wanted - set(perts))
+    if unknown:
+        raise ValueError(
+            f"`eligible` names {len(unknown)} label(s) that are not perturbations of the data "
+            f"(control cells cannot be tested): {unknown[:10]}. Pass labels from "
+            "obs[perturbation_key]."
+        )
+    return [p for p in perts if p in wanted]
 
 
 def seen_perturbation_split(

@@ -30,6 +30,9 @@ SIMULATED_COMBINATIONS = 30
 
 SPLITS = ("unseen", "seen", "combo")
 
+#: Layer of the working copy that keeps the raw counts SCCVAE's ``"nb"`` likelihood reads.
+COUNTS_LAYER = "counts"
+
 
 def _as_float32(x):
     if sp.issparse(x):
@@ -39,11 +42,17 @@ def _as_float32(x):
 
 
 def _looks_like_counts(x, n_check: int = 100_000) -> bool:
+    """Tell whether ``x`` holds raw counts: non-negative integers, some above 1.
+
+    Log-normalised values are almost never integers, so integer values mean counts; a 0 / 1
+    matrix is more likely binarised than counts and is left as it is. Only the first
+    ``n_check`` stored values are read.
+    """
     values = x.data if sp.issparse(x) else np.asarray(x).ravel()
-    values = values[:n_check]
+    values = np.asarray(values[:n_check])
     if values.size == 0:
         return False
-    return bool(np.all(values == np.round(values)) and values.max() > 30)
+    return bool(values.min() >= 0 and np.all(values == np.round(values)) and values.max() > 1)
 
 
 def load_data(
@@ -61,8 +70,9 @@ def load_data(
     data
         ``"simulated"`` (:func:`sccvae.data.simulate_perturbseq` with its defaults, plus
         ``n_combinations=30`` for ``split="combo"``, and the arguments of ``scenario``) or a
-        path to an ``.h5ad`` file whose ``X`` holds *log-normalised* expression
-        (``normalize_total`` + ``log1p``; the default Gaussian likelihood models X). A
+        path to an ``.h5ad`` file whose ``X`` holds log-normalised expression
+        (``normalize_total`` + ``log1p``) or raw counts (non-negative integers; the run
+        log-normalises them, see :func:`~sccvae.benchmark.run_benchmark`). A
         ``layers["counts"]`` layer is not used.
     dataset
         For files with an ``obs["dataset"]`` column (e.g. the perturbench devel file), keep
@@ -153,33 +163,81 @@ def _describe(adata: AnnData, design: PerturbationDesign) -> dict[str, Any]:
     }
 
 
-def _working_copy(adata: AnnData, key: str) -> AnnData:
-    """Return a light float32 copy with only X, the label column and gene names."""
+def _working_copy(
+    adata: AnnData, key: str, counts: bool = False, keep_counts: bool = False
+) -> AnnData:
+    """Return a light float32 copy with only X, the label column and gene names.
+
+    With ``counts`` (``adata.X`` holds raw counts), X of the copy is their log-normalisation
+    (:func:`sccvae.data.log_normalize_counts`: ``normalize_total(target_sum=1e4)`` + ``log1p``,
+    each cell on its own total) and, with ``keep_counts``, the counts are kept in
+    ``layers[COUNTS_LAYER]`` (for SCCVAE's negative binomial likelihood).
+    """
+    from sccvae.data import log_normalize_counts
+
     if adata.X is None:
-        raise BenchmarkInputError("adata.X is empty; put log-normalised expression in X.")
+        raise BenchmarkInputError(
+            "adata.X is empty; put log-normalised expression or raw counts in X."
+        )
     var_names = pd.Index([str(g) for g in adata.var_names])
     if not var_names.is_unique:
         raise BenchmarkInputError(
             "Gene names (var_names) are not unique; call var_names_make_unique()."
         )
-    if _looks_like_counts(adata.X):
-        raise BenchmarkInputError(
-            "adata.X looks like raw counts (integers); the benchmark models log-normalised "
-            "expression in X. Normalise first, e.g. sccvae.data.normalize(adata) or "
-            "scanpy's normalize_total(target_sum=1e4) + log1p."
-        )
     labels = perturbation_labels(adata.obs, key)
     obs = pd.DataFrame({key: pd.Categorical(labels)}, index=adata.obs_names.astype(str))
-    work = AnnData(X=_as_float32(adata.X), obs=obs, var=pd.DataFrame(index=var_names))
+    layers = {}
+    if counts:
+        raw = _as_float32(adata.X)
+        x = log_normalize_counts(raw)
+        if keep_counts:
+            layers[COUNTS_LAYER] = sp.csr_matrix(raw)
+    else:
+        x = _as_float32(adata.X)
+    work = AnnData(X=x, obs=obs, var=pd.DataFrame(index=var_names), layers=layers)
     if work.obs_names.has_duplicates:
         work.obs_names_make_unique()
     return work
 
 
+def _filter_cells(adata: AnnData, expression: str) -> tuple[AnnData, dict[str, Any]]:
+    """Keep the cells whose ``obs`` satisfies ``expression`` (a ``DataFrame.query``).
+
+    Returns a view of the kept cells (``adata`` is not modified) and a description.
+    """
+    if not isinstance(expression, str) or not expression.strip():
+        raise BenchmarkInputError(
+            f"`obs_filter` must be a non-empty pandas query string, e.g. "
+            f"'grna_max_frac >= 0.8'; got {expression!r}."
+        )
+    # positions, not names: obs_names may repeat
+    obs = adata.obs.reset_index(drop=True)
+    try:
+        kept = obs.query(expression).index.to_numpy()
+    except Exception as err:  # pandas raises many types (NameError, SyntaxError, TypeError...)
+        raise BenchmarkInputError(
+            f"The cell filter {expression!r} cannot be applied to obs: {err}. It must be a "
+            f"pandas DataFrame.query expression over the obs columns {list(adata.obs.columns)}."
+        ) from err
+    if kept.size == 0:
+        raise BenchmarkInputError(f"The cell filter {expression!r} keeps no cell.")
+    description = f"{expression} (kept {kept.size} of {adata.n_obs} cells)"
+    return adata[np.sort(kept)], {"obs_filter": description}
+
+
 def _make_splits(
-    adata: AnnData, split: str, n_folds: int, key: str, seed: int, design: PerturbationDesign
+    adata: AnnData,
+    split: str,
+    n_folds: int,
+    key: str,
+    seed: int,
+    design: PerturbationDesign,
+    eligible: Sequence[str] | None = None,
 ) -> list[Split]:
-    """Split ``adata`` (perturbation design ``design``) by the split design ``split``."""
+    """Split ``adata`` (perturbation design ``design``) by the split design ``split``.
+
+    ``eligible``: the perturbations an unseen split may test (None: all).
+    """
     labelling = {
         "perturbation_key": key,
         "control_label": design.control_label,
@@ -187,7 +245,9 @@ def _make_splits(
         "design": design,
     }
     if split == "unseen":
-        return unseen_perturbation_folds(adata, n_folds=n_folds, seed=seed, **labelling)
+        return unseen_perturbation_folds(
+            adata, n_folds=n_folds, seed=seed, eligible=eligible, **labelling
+        )
     if split == "seen":
         return [seen_perturbation_split(adata, seed=seed, **labelling)]
     return [combination_split(adata, seed=seed, **labelling)]
@@ -196,6 +256,17 @@ def _make_splits(
 def _onehot_embedding(targets: Sequence[str]) -> pd.DataFrame:
     targets = sorted(set(targets))
     return pd.DataFrame(np.eye(len(targets), dtype=np.float32), index=targets, columns=targets)
+
+
+def _with_onehot(embedding: pd.DataFrame, targets: Sequence[str]) -> pd.DataFrame:
+    """Return ``embedding`` with one-hot rows (in new columns) for ``targets`` it lacks."""
+    frame = embedding.astype(np.float32)
+    frame.index = pd.Index([str(g) for g in frame.index])
+    frame.columns = [f"embedding_{c}" for c in frame.columns]
+    missing = sorted(set(targets) - set(frame.index))
+    onehot = _onehot_embedding(missing).add_prefix("onehot_")
+    # block diagonal: a one-hot target is zero on the embedding's columns and vice versa
+    return pd.concat([frame, onehot]).fillna(0.0).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -72,6 +72,12 @@ class Method:
         ``fit(fold, settings, progress) -> Fitted``.
     needs_embedding
         Represents targets through an embedding (so unmeasured targets need one).
+    measured_only
+        Predicts only targets that are measured genes (in ``var_names``), whatever the
+        embedding.
+    min_training
+        Training perturbations whose targets it can represent that it needs to fit (0: no
+        such need); checked for unseen splits before any training.
     model_kwargs
         For SCCVAE variants: the model arguments that define the variant.
     train_kwargs
@@ -81,6 +87,8 @@ class Method:
     description: str
     fit: Callable[..., Fitted]
     needs_embedding: bool = False
+    measured_only: bool = False
+    min_training: int = 0
     model_kwargs: Mapping[str, Any] = field(default_factory=dict)
     train_kwargs: Mapping[str, Any] = field(default_factory=dict)
 
@@ -109,9 +117,11 @@ def _history_summary(model) -> dict[str, Any]:
 
 def _fit_sccvae(fold: Fold, settings: RunSettings, progress, name: str) -> Fitted:
     from sccvae import SCCVAE
+    from sccvae.data import log_normalize_counts
 
     kwargs = {**DEFAULT_MODEL_KWARGS, **settings.model_kwargs, **REGISTRY[name].model_kwargs}
     kwargs.setdefault("seed", settings.seed)
+    likelihood = kwargs.setdefault("likelihood", settings.likelihood)
     if kwargs.get("latent_nodes", "genes") == "genes":
         kwargs.setdefault("node_genes", list(settings.measured_targets))
     adata = fold.training.copy()
@@ -120,6 +130,8 @@ def _fit_sccvae(fold: Fold, settings: RunSettings, progress, name: str) -> Fitte
         perturbation_key=settings.perturbation_key,
         control_label=settings.control_label,
         combination_delimiter=settings.combination_delimiter,
+        # "nb" models the raw counts the run kept; "gaussian" the log-normalised X
+        layer=settings.counts_layer if likelihood == "nb" else None,
     )
     model = SCCVAE(adata, **kwargs)
     task = progress.add(f"  {fold.name}: training {name}", settings.max_epochs or 0)
@@ -143,9 +155,16 @@ def _fit_sccvae(fold: Fold, settings: RunSettings, progress, name: str) -> Fitte
     info = {"seconds": seconds, "epochs": epochs, **_history_summary(model)}
 
     def predict(labels: list[str]) -> AnnData:
-        return model.predict(
+        pred = model.predict(
             labels, n_cells=settings.n_cells, adata=fold.train_cells, seed=settings.seed
         )
+        if likelihood == "nb":
+            # "nb" predicts counts; every method is scored on the run's log-normalisation,
+            # each predicted cell on its own total as each observed cell is. A source control
+            # cell's log-normalised X (its obs["control_cell"] reference in the scoring) is
+            # the same recipe applied to the counts the model started from.
+            pred.X = log_normalize_counts(pred.X)
+        return pred
 
     return Fitted(predict, info)
 
@@ -266,17 +285,21 @@ REGISTRY: dict[str, Method] = {
         "Linear model on gene and perturbation embeddings (Ahlmann-Eltze et al. 2025)",
         _baseline(_linear),
         needs_embedding=True,
+        min_training=2,
     ),
     "coexpression": Method(
         "Each gene moves by its regression slope on the target gene in control cells "
         "(measured targets only)",
         _baseline(_coexpression),
+        measured_only=True,
+        min_training=1,
     ),
     "knn": Method(
         "Similarity-weighted mean change of the nearest training perturbations in the "
         "target embedding",
         _baseline(_knn),
         needs_embedding=True,
+        min_training=1,
     ),
 }
 

@@ -23,13 +23,30 @@ from sccvae._perturbations import (
 from sccvae.metrics import METRICS, evaluate, fit_pca, mean_of_perturbation_means, summarize
 from sccvae.splits import Split
 
-from ._data import SPLITS, _describe, _make_splits, _onehot_embedding, _working_copy, load_data
+from ._data import (
+    COUNTS_LAYER,
+    SPLITS,
+    _describe,
+    _filter_cells,
+    _looks_like_counts,
+    _make_splits,
+    _onehot_embedding,
+    _with_onehot,
+    _working_copy,
+    load_data,
+)
 from ._errors import BenchmarkInputError
 from ._methods import DEFAULT_MAX_EPOCHS, DEFAULT_MODEL_KWARGS, REGISTRY, fit_method, parse_methods
 from ._progress import Progress, cpu_threads, quiet_lightning
 from ._result import HEADLINE_METRICS, BenchmarkResult
 
 logger = logging.getLogger(__name__)
+
+#: SCCVAE likelihoods a run can choose (``None``: ``"nb"`` on counts, else ``"gaussian"``).
+LIKELIHOODS = ("nb", "gaussian")
+
+#: The log-normalisation a run applies to raw counts (baselines and scoring use it).
+NORMALISATION = "normalize_total(target_sum=1e4) + log1p, each cell on its own total"
 
 #: Metrics reported by default (table, summary.md), in this order.
 KEY_METRICS: tuple[str, ...] = (
@@ -68,6 +85,10 @@ class RunSettings:
     #: every measured perturbation target of the data (names only): SCCVAE makes them
     #: latent nodes, as a user makes the genes they will predict nodes (``node_genes``)
     measured_targets: tuple[str, ...] = ()
+    #: SCCVAE's likelihood: "nb" (raw counts of ``layers[counts_layer]``) or "gaussian" (X)
+    likelihood: str = "gaussian"
+    #: layer of the folds' AnnData holding the raw counts ("nb"); None: no counts kept
+    counts_layer: str | None = None
 
 
 @dataclass
@@ -136,13 +157,33 @@ def run_benchmark(
     command: str | None = None,
     scenario: str = "default",
     folds: Sequence[int] | None = None,
+    likelihood: str | None = None,
+    obs_filter: str | None = None,
 ) -> BenchmarkResult:
     """Benchmark SCCVAE and baselines on held-out perturbations.
+
+    **Expression.** ``X`` holds log-normalised expression (``normalize_total`` + ``log1p``)
+    or raw counts, detected as non-negative integer values. Raw counts are log-normalised
+    once by the run (``normalize_total(target_sum=1e4)`` + ``log1p``, each cell on its own
+    total): every baseline is fitted and every method scored on that. SCCVAE keeps the counts
+    with its negative binomial likelihood (``likelihood="nb"``, the default on counts) and
+    its predicted counts are log-normalised the same way before scoring.
+
+    **Unseen split.** Test folds are drawn only among the perturbations *eligible* for
+    testing: those whose every target every method of the run can represent unseen (for the
+    default methods: measured genes, in ``var_names``, or genes of a DataFrame
+    ``model_kwargs["perturbation_embedding"]``). The others (e.g. knock-outs of unmeasured
+    genes) are in the training set of every fold; SCCVAE represents the targets it can
+    neither make latent nodes of nor embed one-hot, and the baselines that embed targets
+    leave those they cannot embed out of their fit. With fewer than
+    ``2 * n_folds`` eligible perturbations, each is tested in its own fold (leave-one-out).
+    The notes and ``config`` say which perturbations were eligible and how the folds were
+    made.
 
     Parameters
     ----------
     adata
-        Data to benchmark (log-normalised expression in ``X``, labels in
+        Data to benchmark (log-normalised expression or raw counts in ``X``, labels in
         ``obs[perturbation_key]``); not modified. If None, ``data`` is loaded.
     data
         ``"simulated"`` or a path to an ``.h5ad`` file (see :func:`load_data`).
@@ -150,11 +191,12 @@ def run_benchmark(
         How cells are labelled (the perturbench devel file uses ``"condition"``).
     split
         ``"unseen"`` (:func:`~sccvae.splits.unseen_perturbation_folds`: test perturbations
-        never seen in training, ``n_folds`` folds), ``"seen"``
+        never seen in training, ``n_folds`` folds over the eligible perturbations, or one
+        per eligible perturbation when there are fewer than ``2 * n_folds``), ``"seen"``
         (:func:`~sccvae.splits.seen_perturbation_split`, one split) or ``"combo"``
         (:func:`~sccvae.splits.combination_split`: held-out combinations, one split).
     n_folds
-        Folds of the unseen split (ignored by the others).
+        Folds of the unseen split (at least 2; ignored by the others).
     max_epochs
         SCCVAE training epochs; ``None`` (default) is the model's own default (about 3,000
         optimiser steps).
@@ -199,6 +241,17 @@ def run_benchmark(
     folds
         Run only these folds of the split (positions, e.g. ``[0]`` for a quick check);
         all by default.
+    likelihood
+        SCCVAE's likelihood: ``"nb"`` (negative binomial on the raw counts; ``X`` must hold
+        counts), ``"gaussian"`` (on log-normalised expression: ``X``, or the run's
+        log-normalisation of counts) or ``None`` (default): ``"nb"`` when ``X`` holds counts,
+        else ``"gaussian"``.
+    obs_filter
+        Keep only the cells whose ``obs`` satisfies this :meth:`pandas.DataFrame.query`
+        expression, applied right after loading (and ``dataset``), before the labels are
+        read or anything is split, e.g. ``"grna_max_frac >= 0.8"`` (a clean gRNA
+        assignment). An expression that fails on ``obs`` is a BenchmarkInputError; one that
+        removes every control cell is the no-control-cells error.
 
     Returns
     -------
@@ -209,8 +262,9 @@ def run_benchmark(
     BenchmarkInputError
         (a ValueError) for bad input: missing columns, no control cells, too few
         perturbations for the folds, unknown methods, a combination split without
-        combinations, targets that cannot be embedded for unseen perturbations... All checks
-        run before any training.
+        combinations, no perturbation whose targets every method can represent unseen,
+        ``likelihood="nb"`` without counts, a cell filter that cannot be applied... All
+        checks run before any training.
     FileNotFoundError
         If ``data`` is a path that does not exist.
     """
@@ -226,6 +280,13 @@ def run_benchmark(
         raise BenchmarkInputError(f"`max_epochs` must be at least 1, got {max_epochs}.")
     if int(n_cells) < 2:
         raise BenchmarkInputError(f"`n_cells` must be at least 2, got {n_cells}.")
+    if split == "unseen" and int(n_folds) < 2:
+        raise BenchmarkInputError(f"`n_folds` must be at least 2, got {n_folds}.")
+    if likelihood is not None and likelihood not in LIKELIHOODS:
+        raise BenchmarkInputError(
+            f"Unknown likelihood {likelihood!r}; use one of {list(LIKELIHOODS)} or None "
+            "(nb on raw counts, gaussian on log-normalised data)."
+        )
     model_kwargs = dict(model_kwargs or {})
     train_kwargs = dict(train_kwargs or {})
     for reserved in ("graph",):
@@ -233,6 +294,11 @@ def run_benchmark(
             raise BenchmarkInputError(
                 f"`model_kwargs` may not set {reserved!r}: it is chosen by the method name."
             )
+    if "likelihood" in model_kwargs:
+        raise BenchmarkInputError(
+            "`model_kwargs` may not set 'likelihood': pass run_benchmark(likelihood=...) "
+            "(CLI: --likelihood), which also decides what SCCVAE is trained on."
+        )
     for reserved in ("max_epochs", "train_indices", "validation_indices"):
         if reserved in train_kwargs:
             raise BenchmarkInputError(f"`train_kwargs` may not set {reserved!r}.")
@@ -240,15 +306,51 @@ def run_benchmark(
     adata, data_description = _input_data(
         adata, data, dataset, seed, split, simulate_kwargs, scenario
     )
+    if obs_filter is not None:
+        adata, filtered = _filter_cells(adata, obs_filter)
+        data_description.update(filtered)
+    counts = _looks_like_counts(adata.X) if adata.X is not None else False
+    likelihood, expression = _expression_plan(likelihood, counts)
+    data_description["expression"] = expression["input"]
+    has_sccvae = any(REGISTRY[m].is_sccvae for m in method_list)
+    keep_counts = likelihood == "nb" and has_sccvae
+    notes: list[str] = []
     try:
-        work = _working_copy(adata, perturbation_key)
+        work = _working_copy(adata, perturbation_key, counts=counts, keep_counts=keep_counts)
         # the run's one perturbation design: every label parsed here, once (a bad label is an
         # input error); the splits, methods and metrics get it or its subsets
         design = design_of(
             work.obs, perturbation_key, control_label, combination_delimiter, require_controls=True
         )
         data_description.update(_describe(work, design))
-        splits = _make_splits(work, split, n_folds, perturbation_key, seed, design)
+        if data_description["n_perturbations"] < 2:
+            raise BenchmarkInputError("At least 2 perturbations are needed for a benchmark.")
+        all_targets = sorted({t for p in design.perturbations for t in design.targets(p)})
+        genes = set(work.var_names)
+        if split == "unseen":
+            target_embedding, eligible, covers = _unseen_targets(
+                method_list, design, genes, model_kwargs, notes
+            )
+            n_eligible = len(design.perturbations if eligible is None else eligible)
+            # folds of 1-2 perturbations say little each: test every one on its own instead
+            leave_one_out = n_eligible < 2 * int(n_folds)
+            fold_count = n_eligible if leave_one_out else int(n_folds)
+            if leave_one_out:
+                notes.append(
+                    f"Leave-one-out: {n_eligible} perturbation(s) eligible for testing, fewer "
+                    f"than 2 x n_folds = {2 * int(n_folds)}, so each is tested in a fold of "
+                    f"its own ({n_eligible} folds instead of {int(n_folds)})."
+                )
+        else:
+            target_embedding = _target_embedding(
+                method_list, all_targets, genes, model_kwargs, notes
+            )
+            eligible, leave_one_out, fold_count = None, False, int(n_folds)
+        splits = _make_splits(
+            work, split, fold_count, perturbation_key, seed, design, eligible=eligible
+        )
+        if split == "unseen":
+            _check_training_coverage(splits, design, covers)
     except (KeyError, ValueError) as err:
         if isinstance(err, BenchmarkInputError):
             raise
@@ -259,16 +361,9 @@ def run_benchmark(
         if not fold_ids or fold_ids[0] < 0 or fold_ids[-1] >= len(splits):
             raise BenchmarkInputError(f"`folds` must be positions among the {len(splits)} splits.")
         splits = [splits[f] for f in fold_ids]
-    if data_description["n_perturbations"] < 2:
-        raise BenchmarkInputError("At least 2 perturbations are needed for a benchmark.")
 
-    notes: list[str] = []
     if "note" in data_description:
-        notes.append(data_description.pop("note"))
-    all_targets = sorted({t for p in design.perturbations for t in design.targets(p)})
-    target_embedding = _target_embedding(
-        method_list, all_targets, set(work.var_names), split, model_kwargs, notes
-    )
+        notes.insert(0, data_description.pop("note"))
     reference = next((m for m in method_list if m == "sccvae"), None)
     reference = reference or next(
         (m for m in method_list if REGISTRY[m].is_sccvae), method_list[0]
@@ -288,7 +383,9 @@ def run_benchmark(
         model_kwargs=model_kwargs,
         train_kwargs=train_kwargs,
         target_embedding=target_embedding,
-        measured_targets=tuple(t for t in all_targets if t in set(work.var_names)),
+        measured_targets=tuple(t for t in all_targets if t in genes),
+        likelihood=likelihood,
+        counts_layer=COUNTS_LAYER if keep_counts else None,
     )
     config: dict[str, Any] = {
         "command": command,
@@ -298,6 +395,7 @@ def run_benchmark(
         "combination_delimiter": combination_delimiter,
         "split": split,
         "n_folds": len(splits),
+        "fold_scheme": _fold_scheme(split, leave_one_out, fold_count, n_folds),
         "methods": method_list,
         "reference": reference,
         "seed": int(seed),
@@ -310,7 +408,15 @@ def run_benchmark(
         },
         "train_kwargs": {k: repr(v) for k, v in train_kwargs.items()},
         "n_threads": n_threads,
+        "likelihood": likelihood,
+        "sccvae_trained_on": expression[likelihood] if has_sccvae else "(no SCCVAE method)",
+        "normalisation": expression["normalisation"],
+        "obs_filter": obs_filter,
     }
+    if split == "unseen":
+        tested = set(design.perturbations if eligible is None else eligible)
+        config["eligible_perturbations"] = sorted(tested)
+        config["always_train"] = [p for p in design.perturbations if p not in tested]
     logger.info(
         "Benchmark: %s split, %d split(s), methods %s, epochs: %s",
         split,
@@ -392,18 +498,184 @@ def _input_data(adata, data, dataset, seed, split, simulate_kwargs, scenario):
     return adata, description
 
 
+def _expression_plan(likelihood: str | None, counts: bool) -> tuple[str, dict[str, str]]:
+    """Resolve SCCVAE's likelihood from the data; describe what each part of the run models.
+
+    Returns the likelihood and a description: ``"input"`` (what X holds), ``"normalisation"``
+    (what the baselines and the scoring see) and, per likelihood, what SCCVAE is trained on.
+    """
+    if likelihood is None:
+        likelihood = "nb" if counts else "gaussian"
+    if likelihood == "nb" and not counts:
+        raise BenchmarkInputError(
+            "likelihood='nb' needs raw counts in X, but X does not hold non-negative integers "
+            "(log-normalised expression?). Put the raw counts in X (e.g. "
+            "adata.X = adata.layers['counts']) or use likelihood='gaussian' (CLI: --likelihood "
+            "gaussian)."
+        )
+    if counts:
+        return likelihood, {
+            "input": "raw counts in X (non-negative integers)",
+            "normalisation": f"{NORMALISATION}, computed by the benchmark from the counts; "
+            "baselines are fitted and all methods scored on it (SCCVAE's nb predictions "
+            "log-normalised the same way)",
+            "nb": "the raw counts (negative binomial)",
+            "gaussian": "the benchmark's log-normalisation of the counts (Gaussian)",
+        }
+    return likelihood, {
+        "input": "log-normalised expression in X",
+        "normalisation": "none (X used as given)",
+        "gaussian": "X as given (Gaussian)",
+    }
+
+
+def _fold_scheme(split: str, leave_one_out: bool, fold_count: int, n_folds: int) -> str:
+    """One line on how the folds were made, for ``config``."""
+    if split != "unseen":
+        return "one split"
+    if leave_one_out:
+        return (
+            f"leave-one-out: one fold per eligible perturbation ({fold_count}), as fewer than "
+            f"2 x n_folds = {2 * int(n_folds)} are eligible"
+        )
+    return f"{fold_count} folds over the eligible perturbations"
+
+
+def _unseen_targets(
+    method_list: list[str],
+    design: PerturbationDesign,
+    genes: set[str],
+    model_kwargs: dict[str, Any],
+    notes: list[str],
+) -> tuple[pd.DataFrame | None, list[str] | None, dict[str, set[str] | None]]:
+    """Return the baselines' embedding and the perturbations an unseen split may test.
+
+    A perturbation is eligible for testing when every method of the run can represent each
+    of its targets without having seen it; ``None`` means all are. The others always train.
+    The third value is, per method, the targets it can represent (``None``: any).
+    ``model_kwargs`` is updated for SCCVAE where it needs one-hot rows for training targets
+    that neither its nodes nor its embedding cover. Raises a BenchmarkInputError when no
+    perturbation is eligible.
+    """
+    user_embedding = model_kwargs.get("perturbation_embedding")
+    frame = user_embedding if isinstance(user_embedding, pd.DataFrame) else None
+    needs_embedding = [m for m in method_list if REGISTRY[m].needs_embedding]
+    if frame is None and user_embedding == "onehot" and needs_embedding:
+        raise BenchmarkInputError(
+            "perturbation_embedding='onehot' cannot represent unseen perturbations; use "
+            "'coexpression' or a DataFrame for split='unseen'."
+        )
+    embedded = genes if frame is None else {str(g) for g in frame.index}
+    embedding_name = (
+        "the measured genes"
+        if frame is None
+        else "the measured genes or the perturbation_embedding DataFrame, as each method allows"
+    )
+    all_targets = sorted({t for p in design.perturbations for t in design.targets(p)})
+
+    # what each method can represent of a target it has not seen (None: any target)
+    def gene_nodes(name: str) -> bool:
+        kwargs = {**DEFAULT_MODEL_KWARGS, **model_kwargs, **REGISTRY[name].model_kwargs}
+        return kwargs.get("latent_nodes", "genes") == "genes"
+
+    covers: dict[str, set[str] | None] = {}
+    for name in method_list:
+        method = REGISTRY[name]
+        if method.is_sccvae:
+            # a measured gene is its own latent node (node_genes); other targets embedded
+            covers[name] = embedded | genes if gene_nodes(name) else set(embedded)
+        elif method.needs_embedding:
+            covers[name] = set(embedded)
+        elif method.measured_only:
+            covers[name] = set(genes)
+        else:
+            covers[name] = None
+    sccvae = [m for m in method_list if REGISTRY[m].is_sccvae]
+    # training targets SCCVAE can neither make nodes nor embed: it represents them one-hot
+    uncovered = sorted({t for m in sccvae for t in all_targets if t not in covers[m]})
+    if uncovered:
+        if frame is not None:
+            model_kwargs["perturbation_embedding"] = _with_onehot(frame, uncovered)
+        else:
+            model_kwargs["perturbation_embedding"] = "onehot"
+            for name in sccvae:  # one-hot represents seen targets only; nodes stay
+                covers[name] = set(genes) if gene_nodes(name) else set()
+
+    limits = [c for c in covers.values() if c is not None]
+    eligible = [
+        p for p in design.perturbations if all(t in c for c in limits for t in design.targets(p))
+    ]
+    always_train = [p for p in design.perturbations if p not in set(eligible)]
+    if not eligible:
+        narrow = [m for m, c in covers.items() if c is not None]
+        raise BenchmarkInputError(
+            f"No perturbation can be tested unseen: {narrow} cannot represent an unseen "
+            f"target outside {embedding_name}, and no perturbation has all its targets "
+            f"there (e.g. {all_targets[:5]}); nothing can represent an unmeasured gene "
+            "without outside knowledge. Use split='seen' or 'combo', keep only methods that "
+            "need no embedding (e.g. 'mean,control'), or supply a perturbation_embedding "
+            "DataFrame covering the targets."
+        )
+    if not always_train:
+        return frame, None, covers
+    notes.append(
+        f"{len(eligible)} of {len(design.perturbations)} perturbations are eligible for "
+        f"testing (every target representable unseen by every method: in {embedding_name})"
+        f": {eligible[:10]}{' ...' if len(eligible) > 10 else ''}. The {len(always_train)} "
+        f"others always train: {always_train[:20]}{' ...' if len(always_train) > 20 else ''}."
+    )
+    if uncovered:
+        notes.append(
+            f"SCCVAE represents {len(uncovered)} training target(s) one-hot (not measured, "
+            f"not embedded): {uncovered[:10]}{' ...' if len(uncovered) > 10 else ''}."
+        )
+    dropping = [m for m in needs_embedding if not REGISTRY[m].is_sccvae]
+    if dropping and any(t not in embedded for p in always_train for t in design.targets(p)):
+        notes.append(
+            f"{dropping} leave the training perturbations whose targets they cannot embed "
+            "out of their fit."
+        )
+    return frame, eligible, covers
+
+
+def _check_training_coverage(
+    splits: list[Split], design: PerturbationDesign, covers: dict[str, set[str] | None]
+) -> None:
+    """Raise a BenchmarkInputError where a fold leaves a method too few perturbations to fit.
+
+    A method that learns from the training perturbations it can represent (its
+    ``Method.min_training``) fails to fit on a fold that trains on fewer of them, e.g. when
+    only one or two perturbations are eligible for testing.
+    """
+    for name, cover in covers.items():
+        need = REGISTRY[name].min_training
+        if cover is None or not need:
+            continue
+        fewest = min(
+            sum(all(t in cover for t in design.targets(p)) for p in s.train_perturbations)
+            for s in splits
+        )
+        if fewest < need:
+            raise BenchmarkInputError(
+                f"{name} learns from the training perturbations whose targets it can "
+                f"represent and needs at least {need}, but a fold trains on {fewest}: too few "
+                "perturbations have targets it can represent (measured genes, or genes of the "
+                f"embedding DataFrame). Drop {name!r} from the methods, or use split='seen' or "
+                "'combo'."
+            )
+
+
 def _target_embedding(
     method_list: list[str],
     all_targets: list[str],
     genes: set[str],
-    split: str,
     model_kwargs: dict[str, Any],
     notes: list[str],
 ) -> pd.DataFrame | None:
-    """Return the embedding of the baselines; one-hot where targets are unmeasured.
+    """Return the embedding of the baselines of a seen or combination split.
 
-    Raises a BenchmarkInputError where an unseen split cannot represent the targets.
-    ``model_kwargs`` is updated for SCCVAE when it must switch to one-hot too.
+    Targets are all seen there, so where some are unmeasured, SCCVAE and the baselines that
+    take an embedding use one-hot embeddings (``model_kwargs`` is updated for SCCVAE).
     """
     user_embedding = model_kwargs.get("perturbation_embedding")
     if isinstance(user_embedding, pd.DataFrame):
@@ -419,14 +691,6 @@ def _target_embedding(
     needs_embedding = [m for m in method_list if REGISTRY[m].needs_embedding]
     missing = [t for t in all_targets if embeddable is not None and t not in embeddable]
     if missing and needs_embedding:
-        if split == "unseen":
-            raise BenchmarkInputError(
-                f"{len(missing)} of {len(all_targets)} perturbation targets are not among "
-                f"{embedding_name} (e.g. {missing[:5]}), so {needs_embedding} cannot represent "
-                "them as unseen perturbations: nothing can embed an unmeasured gene without "
-                "outside knowledge. Use split='seen' or 'combo' (one-hot embeddings), drop "
-                f"these methods, or supply an embedding covering every target."
-            )
         msg = (
             f"{len(missing)} of {len(all_targets)} perturbation targets are not among "
             f"{embedding_name} (e.g. {missing[:5]}): SCCVAE and the baselines that take an "
@@ -438,16 +702,12 @@ def _target_embedding(
             model_kwargs["perturbation_embedding"] = "onehot"
         embedding = _onehot_embedding(all_targets)
     unmeasured = [t for t in all_targets if t not in genes]
-    if unmeasured and "coexpression" in method_list:
+    measured_only = [m for m in method_list if REGISTRY[m].measured_only]
+    if unmeasured and measured_only:
         raise BenchmarkInputError(
             f"{len(unmeasured)} of {len(all_targets)} perturbation targets are unmeasured "
-            f"genes (e.g. {unmeasured[:5]}): the coexpression baseline cannot predict them. "
-            "Drop 'coexpression' from the methods."
-        )
-    if user_embedding == "onehot" and split == "unseen" and needs_embedding:
-        raise BenchmarkInputError(
-            "perturbation_embedding='onehot' cannot represent unseen perturbations; use "
-            "'coexpression' or a DataFrame for split='unseen'."
+            f"genes (e.g. {unmeasured[:5]}): {measured_only} cannot predict them. Drop "
+            f"{measured_only} from the methods."
         )
     return embedding
 
