@@ -70,10 +70,15 @@ def test_calibration_corrects_latent_shifts_then_fits_residuals(trained_model):
     latents = trained_model.get_perturbation_latents(["g0", "g1", "g0+g1"], n_cells=20, seed=0)
     correction = latents.obsm["correction"]
     np.testing.assert_allclose(correction[2], correction[0] + correction[1], rtol=1e-5)
-    # unseen targets get no correction
+    # an unseen target has no correction of its own: it carries what it borrows from the
+    # training interventions (sccvae._borrowing), which include the shared shift
     unseen = next(g for g in trained_model.var_names_ if g not in trained_model.targets_)
     latents = trained_model.get_perturbation_latents([unseen], n_cells=20, seed=0)
-    assert np.all(latents.obsm["correction"] == 0)
+    sign = float(np.sign(latents.obs["magnitude"].iloc[0]))
+    borrowed, _ = trained_model._borrowed_interventions([unseen], [sign])
+    np.testing.assert_allclose(latents.obsm["correction"][0], borrowed[0].numpy(), atol=1e-6)
+    assert np.abs(borrowed.numpy()).sum() > 0
+    assert np.all(latents.obsm["shared_shift"] == 0)
 
 
 def _screen_with_double(double_factor: float) -> SCCVAE:

@@ -117,6 +117,10 @@ def test_unseen_node_gene_shifts_its_own_gene(trained_model):
     floor, bound = module.expression_floor.clone(), module.decrease_bound.clone()
     assert floor.item() == 0.0  # log-normalised data: no cell is predicted below zero
     assert torch.isfinite(bound)  # estimated when training started
+    # the structure's own response: nothing borrowed from the training interventions (whose
+    # gene residuals are fitted through the floor, see test_unseen_targets_borrow...)
+    observed = module.label_observed.clone()
+    module.label_observed.zero_()
     clipped = dose_response()
     module.expression_floor.fill_(-np.inf)
     saturated = dose_response()
@@ -134,6 +138,7 @@ def test_unseen_node_gene_shifts_its_own_gene(trained_model):
         np.testing.assert_allclose(saturated.X[groups == p], expected, rtol=1e-5, atol=1e-5)
     own = np.array([unclipped.X[groups == p, column].mean() for p in (0.0, 0.5, 1.0)])
     latents = model.get_perturbation_latents([unseen_node], n_cells=50, seed=0)
+    module.label_observed.copy_(observed)
     node = model.latent_node_names_.index(unseen_node)
     causal_change = latents.X[0, node] - latents.uns["control_causal_mean"][node]
     full = causal_change * model.module.gene_scale[column].item()

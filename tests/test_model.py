@@ -174,8 +174,29 @@ def test_onehot_and_dataframe_embeddings(toy_adata):
     assert model.predict(["NOT_MEASURED"], n_cells=4).obs["seen"].iloc[0] == False  # noqa: E712
     with pytest.raises(ValueError, match="UNKNOWN"):
         model.predict(["UNKNOWN+g0"], n_cells=4)
-    with pytest.raises(ValueError, match="g1"):
-        SCCVAE(toy_adata, perturbation_embedding=frame.drop(index="g1"), latent_nodes="abstract")
+    # a training target the DataFrame lacks is a seen perturbation: learned one-hot
+    partial = SCCVAE(
+        toy_adata, n_latent=6, perturbation_embedding=frame.drop(index="g1"), latent_nodes="abstract"
+    )
+    assert partial.gene_embedding_.loc["g1", "onehot:g1"] == 1.0
+    assert partial.gene_embedding_.loc["g0", "onehot:g1"] == 0.0
+
+
+def test_unmeasured_training_targets_are_learned_at_the_defaults(toy_adata):
+    """A real screen's targets that are not measured genes need no embedding to be trained."""
+    adata = toy_adata.copy()
+    labels = adata.obs["perturbation"].astype(str)
+    adata.obs["perturbation"] = labels.replace({"g3": "UNMEASURED_A", "g4": "UNMEASURED_B"})
+    before = adata.copy()
+    SCCVAE.setup_anndata(adata)
+    model = SCCVAE(adata, n_latent=8, n_hidden=16)  # coexpression embedding, gene nodes
+    model.train(max_epochs=1, enable_progress_bar=False)
+    assert {"onehot:UNMEASURED_A", "onehot:UNMEASURED_B"} <= set(model.gene_embedding_.columns)
+    pred = model.predict(["UNMEASURED_A", "UNMEASURED_B+g0", "g20"], n_cells=5)
+    assert pred.obs["seen"].tolist() == [True] * 5 + [True] * 5 + [False] * 5
+    with pytest.raises(ValueError, match="NEVER_SEEN"):
+        model.predict(["NEVER_SEEN"], n_cells=5)
+    assert adata.obs["perturbation"].equals(before.obs["perturbation"])
 
 
 def test_negative_binomial_on_counts():

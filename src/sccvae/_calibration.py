@@ -163,8 +163,12 @@ def estimate_decrease_bound(model, train_idx: np.ndarray, factor: float = 1.1) -
 
 
 @torch.no_grad()
-def _observed_changes(model, train_idx: np.ndarray):
-    """Training labels (codes), their standardised mean changes, and the control rows."""
+def _observed_changes(model, train_idx: np.ndarray, significance: bool = False):
+    """Training labels (codes), their standardised mean changes, and the control rows.
+
+    With ``significance``, also each change's Welch t statistic (labels x genes), the
+    change over its standard error (signed).
+    """
     module = model.module
     train_idx = np.asarray(train_idx)
     codes = (
@@ -177,20 +181,32 @@ def _observed_changes(model, train_idx: np.ndarray):
     expression = model._expression(model.adata)
     device = model.device
 
-    def standardized_mean(rows: np.ndarray) -> torch.Tensor:
-        total = torch.zeros(module.n_input, device=device)
+    def moments(rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and variance of the mean of the standardised expression of ``rows``."""
+        total = torch.zeros(module.n_input, device=device, dtype=torch.float64)
+        squares = torch.zeros_like(total)
         for start in range(0, rows.size, 2048):
             block = dense(expression[rows[start : start + 2048]])
-            x = torch.as_tensor(block, dtype=torch.float32, device=device)
-            total += module.standardize(x).sum(dim=0)
-        return total / rows.size
+            x = module.standardize(torch.as_tensor(block, dtype=torch.float32, device=device))
+            total += x.sum(dim=0).double()
+            squares += (x.double() ** 2).sum(dim=0)
+        mean = total / rows.size
+        variance = (squares / rows.size - mean**2).clamp_min(0.0) / max(rows.size - 1, 1)
+        return mean.float(), variance.float()
 
     control_rows = train_idx[is_control[codes]]
-    control_mean = standardized_mean(control_rows)
-    observed = [standardized_mean(train_idx[codes == code]) - control_mean for code in labels]
-    if not observed:
-        return labels, torch.zeros(0, module.n_input, device=device), control_rows
-    return labels, torch.stack(observed), control_rows
+    control_mean, control_variance = moments(control_rows)
+    observed, statistics = [], []
+    for code in labels:
+        mean, variance = moments(train_idx[codes == code])
+        observed.append(mean - control_mean)
+        error = (variance + control_variance).sqrt()
+        statistics.append(observed[-1] / error.clamp_min(1e-12) * (error > 0))
+    empty = torch.zeros(0, module.n_input, device=device)
+    observed = torch.stack(observed) if observed else empty
+    if significance:
+        return labels, observed, torch.stack(statistics) if statistics else empty, control_rows
+    return labels, observed, control_rows
 
 
 def _fit_corrections(

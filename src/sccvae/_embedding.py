@@ -79,9 +79,19 @@ def coexpression_embedding(
 
 
 def build_embedding(
-    embedding, targets: list[str], genes, control, n_components: int, seed: int
+    embedding,
+    targets: list[str],
+    genes,
+    control,
+    n_components: int,
+    seed: int,
+    embedded_targets: list[str] | None = None,
 ) -> pd.DataFrame:
     """Build the target embedding: a user DataFrame (checked), one-hot, or coexpression.
+
+    Training targets of ``embedded_targets`` that the embedding does not list (e.g. genes
+    that are not measured, under the coexpression embedding) get one-hot rows
+    (:func:`with_onehot_rows`): they are seen perturbations, learned from their own cells.
 
     Parameters
     ----------
@@ -95,7 +105,24 @@ def build_embedding(
         Control cells x genes, log-normalised, for the coexpression embedding.
     n_components, seed
         Of the coexpression embedding.
+    embedded_targets
+        The training targets represented through the embedding (those that are not gene
+        nodes); all of ``targets`` if ``None``.
     """
+    frame = _embedding(embedding, targets, genes, control, n_components, seed)
+    wanted = targets if embedded_targets is None else embedded_targets
+    missing = [t for t in wanted if t not in frame.index]
+    if missing:
+        logger.info(
+            "%d training target(s) are not in the perturbation embedding (e.g. %s): they are "
+            "learned one-hot, as seen perturbations.",
+            len(missing),
+            missing[:5],
+        )
+    return with_onehot_rows(frame, missing)
+
+
+def _embedding(embedding, targets, genes, control, n_components, seed) -> pd.DataFrame:
     if isinstance(embedding, pd.DataFrame):
         frame = embedding.copy()
         frame.index = frame.index.astype(str)
@@ -117,3 +144,22 @@ def build_embedding(
         f"Unknown perturbation_embedding {embedding!r}: use 'coexpression', 'onehot' or a "
         "pandas DataFrame indexed by gene name."
     )
+
+
+def with_onehot_rows(embedding: pd.DataFrame, targets: list[str]) -> pd.DataFrame:
+    """Return ``embedding`` with a one-hot row (in new columns) for each of ``targets``.
+
+    Training targets the embedding does not list (e.g. genes that are not measured, under the
+    coexpression embedding) are seen perturbations: each gets a column of its own, so the
+    perturbation encoder learns its intervention from its cells, as with
+    ``perturbation_embedding="onehot"``. The other rows get zeros in those columns.
+    """
+    if not targets:
+        return embedding
+    onehot = pd.DataFrame(
+        np.eye(len(targets), dtype=np.float32),
+        index=pd.Index(targets),
+        columns=[f"onehot:{t}" for t in targets],
+    )
+    out = pd.concat([embedding.astype(np.float32), onehot], axis=0).fillna(0.0)
+    return out.astype(np.float32)

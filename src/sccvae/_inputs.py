@@ -74,3 +74,27 @@ def log_normalize(counts) -> np.ndarray | sp.spmatrix:
         scaled = sp.diags(scale) @ counts
         return scaled.log1p()
     return np.log1p(np.asarray(counts) * scale[:, None])
+
+
+def check_loadable_genes(adata, genes) -> None:
+    """Raise a ValueError unless ``adata`` has exactly the model's ``genes``, in order."""
+    import pandas as pd
+
+    if not pd.Index(adata.var_names).equals(pd.Index(genes)):
+        raise ValueError(
+            f"Cannot load the model onto this AnnData: it has {adata.n_vars} genes but the "
+            f"model was trained on {len(genes)} different or differently ordered genes. "
+            "Subset and order it as the training data (adata[:, genes])."
+        )
+
+
+def check_model_genes(adata, genes) -> None:
+    """Raise a ValueError unless ``adata`` has the model's ``genes``, in order."""
+    import pandas as pd
+
+    expected = pd.Index(genes)
+    if not pd.Index(adata.var_names).equals(expected):
+        raise ValueError(
+            f"The AnnData's genes ({adata.n_vars}) differ from the model's ({len(expected)}): "
+            "subset it to the model's genes in their order (adata[:, model.adata.var_names])."
+        )

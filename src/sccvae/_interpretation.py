@@ -80,8 +80,9 @@ class InterpretationMixin:
         AnnData with ``X`` = mean causal latent ``u`` of the perturbed cells (nodes as
         ``var_names``: gene names for gene nodes), ``obsm["shift"]`` = ``sum_t c_t a_t`` (the
         targets' own shifts), ``obsm["shared_shift"]`` = ``(sum_t gamma_t) s``,
-        ``obsm["correction"]`` = the trained targets' calibrated latent corrections (zero
-        for unseen targets; see :mod:`sccvae._calibration`),
+        ``obsm["correction"]`` = the trained targets' calibrated latent corrections (see
+        :mod:`sccvae._calibration`), and for unseen targets the training interventions they
+        borrow (which carry the shared shift; see :mod:`sccvae._borrowing`),
         ``obsm["target_distribution"]`` = the average over the targets of where their own
         shift goes (each node's share of its squared shift; a one-hot row for a node gene),
         ``obsm["decoded_change"]`` = the mean change of the control cells' counterfactuals
@@ -109,18 +110,15 @@ class InterpretationMixin:
         squared = per_target**2
         shares = squared / squared.sum(dim=1, keepdim=True).clamp_min(1e-12)
         n_targets = weights.sum(dim=1, keepdim=True).clamp_min(1.0)
-        shifts = module.shift(weights, targets)  # own + shared + correction, as predict uses
-        u0 = module.scm(z)
-        control_decoded = module.decode(u0)
         source_mean = module.log_expression(source).mean(0)
         causal, decoded = [], []
         for row in range(len(perturbations)):
-            u = module.scm(z, shifts[row].expand_as(z))
-            causal.append(u.mean(0))
-            residual = module.gene_scale * (weights[row] @ targets["residual"])
-            change = module.saturate(module.decode(u) + residual - control_decoded)
-            cells = module.abduct(source, control_decoded + change, control_decoded)
+            # the same generative pass as predict: shifts, propagation, residuals, saturation
+            outputs = module.generative(z, weights[row].expand(z.shape[0], -1), targets=targets)
+            causal.append(outputs["u"].mean(0))
+            cells = module.abduct(source, outputs["prediction"], outputs["control_prediction"])
             decoded.append(module.log_expression(cells).mean(0) - source_mean)
+        u0 = module.scm(z)
         obs = pd.DataFrame(
             {
                 self.perturbation_key_: perturbations,

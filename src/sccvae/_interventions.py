@@ -233,6 +233,17 @@ def build_intervention(model, perturbations: Sequence[str]) -> Intervention:
             for t, direction in zip(proxies, directions, strict=True):
                 profile[column_of[t]] = direction
         targets["profile"] = profile
+        targets["propagation"] = torch.ones(n, device=device)
+        unseen = [t for t in names if t not in seen]
+        if unseen and module.label_observed.any():
+            signs = [float(np.sign(magnitude[column_of[t]].item()) or -1.0) for t in unseen]
+            shifts, residuals = model._borrowed_interventions(unseen, signs)
+            rows = torch.as_tensor([column_of[t] for t in unseen], device=device)
+            targets["correction"][rows] = shifts
+            targets["residual"][rows] = residuals
+            targets["shared_strength"][rows] = 0.0
+        for t in new_nodes:
+            targets["propagation"][column_of[t]] = model.propagation_weight_
     weights = torch.zeros(len(parsed), n, device=device)
     for row, target_set in enumerate(parsed):
         weights[row, [column_of[t] for t in target_set]] = 1.0

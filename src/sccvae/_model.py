@@ -18,16 +18,30 @@ from scvi.data.fields import CategoricalObsField, LayerField
 from scvi.model.base import BaseModelClass
 from scvi.train import TrainRunner
 
+from ._borrowing import fit_borrowing
+from ._calibration import _observed_changes as observed_changes
 from ._calibration import calibrate_training_targets, estimate_decrease_bound
 from ._constants import MODEL_DEFAULTS, REGISTRY_KEYS, TRAIN_DEFAULTS
 from ._dataloading import PerturbationDataSplitter
 from ._embedding import build_embedding
-from ._inputs import check_counts, check_finite, expression_floor, log_normalize
+from ._inputs import (
+    check_counts,
+    check_finite,
+    check_loadable_genes,
+    expression_floor,
+    log_normalize,
+)
 from ._interpretation import InterpretationMixin
 from ._interventions import UNSEEN_MAGNITUDE_RULES, fit_unseen_maps
 from ._module import SCCVAEModule
 from ._nodes import gene_nodes, observed_own_changes
-from ._perturbations import Targets, check_control_label, parse_perturbation, perturbation_labels
+from ._perturbations import (
+    Targets,
+    check_control_label,
+    parse_perturbation,
+    perturbation_labels,
+    target_matrix,
+)
 from ._prediction import PredictionMixin
 from ._quiet import without_notices
 from ._scm import build_graph_mask
@@ -41,7 +55,6 @@ from ._training_plan import (
 logger = logging.getLogger(__name__)
 
 MIN_CELLS_PER_PERTURBATION = 10
-_CHUNK = 2048
 
 
 class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
@@ -211,6 +224,9 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
         self._unseen_magnitude = unseen_magnitude
         self.unseen_magnitude_ = "standardized" if unseen_magnitude == "auto" else unseen_magnitude
         self.unseen_magnitude_errors_: dict[str, float] = {}
+        self.borrowing_temperature_ = float("inf")
+        self.propagation_weight_ = 1.0
+        self.borrowing_scores_: dict[str, float] = {}
         setup = self.adata_manager.registry["setup_args"]
         self.var_names_ = self.adata.var_names.astype(str).tolist()
         self.perturbation_key_ = setup["perturbation_key"]
@@ -223,29 +239,14 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
             ).categorical_mapping
         )
         parsed = [self._parse(label) for label in labels]
-        self.targets_ = sorted({t for targets in parsed for t in targets})
-        if not self.targets_:
-            raise ValueError(
-                "The data holds control cells only: the model needs perturbed cells to learn from."
-            )
-        target_index = {t: i for i, t in enumerate(self.targets_)}
-        label_targets = np.zeros((len(labels), len(self.targets_)), dtype=np.float32)
-        for row, targets in enumerate(parsed):
-            label_targets[row, [target_index[t] for t in targets]] = 1.0
+        self.targets_, label_targets = target_matrix(parsed)
 
-        floor = None if likelihood == "nb" else expression_floor(self._expression(self.adata))
+        # counterfactuals of counts are made on their log-normalised scale, floored at zero
+        floor = 0.0 if likelihood == "nb" else expression_floor(self._expression(self.adata))
         if likelihood == "nb":
             check_counts(self._expression(self.adata), self._layer_description())
         control, _ = self._control_expression(self.adata)
         control = log_normalize(control) if likelihood == "nb" else control
-        self.gene_embedding_ = build_embedding(
-            perturbation_embedding,
-            self.targets_,
-            self.adata.var_names,
-            control,
-            n_embedding_components,
-            seed,
-        )
         if latent_nodes == "genes":
             nodes = gene_nodes(
                 self.var_names_,
@@ -267,18 +268,15 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
         if node_columns is not None:
             node_of = {self.var_names_[c]: i for i, c in enumerate(node_columns)}
             target_nodes = np.array([node_of.get(t, -1) for t in self.targets_])
-        missing = [
-            t
-            for i, t in enumerate(self.targets_)
-            if target_nodes[i] < 0 and t not in self.gene_embedding_.index
-        ]
-        if missing:
-            raise ValueError(
-                f"Cannot embed {len(missing)} perturbation target(s): {missing[:20]}. With "
-                "perturbation_embedding='coexpression' a target must be a measured gene (in "
-                "var_names); otherwise pass perturbation_embedding='onehot' or a DataFrame of "
-                "gene embeddings indexed by gene name that lists them."
-            )
+        self.gene_embedding_ = build_embedding(
+            perturbation_embedding,
+            self.targets_,
+            self.adata.var_names,
+            control,
+            n_embedding_components,
+            seed,
+            embedded_targets=[self.targets_[i] for i in np.flatnonzero(target_nodes < 0)],
+        )
         if init_magnitude is not None:
             magnitude = np.full(len(self.targets_), float(init_magnitude), dtype=np.float32)
         else:
@@ -406,15 +404,8 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
         with without_notices():
             if adata is not None:
                 registry = cls.load_registry(dir_path, prefix=kwargs.get("prefix"))
-                genes = registry["field_registries"][REGISTRY_KEYS.X_KEY]["state_registry"][
-                    "column_names"
-                ]
-                if not pd.Index(adata.var_names).equals(pd.Index(genes)):
-                    raise ValueError(
-                        f"Cannot load the model onto this AnnData: it has {adata.n_vars} genes but the "
-                        f"model was trained on {len(genes)} different or differently ordered genes. "
-                        "Subset and order it as the training data (adata[:, genes])."
-                    )
+                state = registry["field_registries"][REGISTRY_KEYS.X_KEY]["state_registry"]
+                check_loadable_genes(adata, state["column_names"])
             return super().load(dir_path, adata=adata, **kwargs)
 
     # ------------------------------------------------------------------ train
@@ -553,10 +544,10 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
                 self.calibration_ = calibrate_training_targets(
                     self, data_splitter.train_idx, seed=self.seed_
                 )
-        self.fit_unseen_maps()
+        self.fit_unseen_maps(data_splitter.train_idx)
         return result
 
-    def fit_unseen_maps(self) -> None:
+    def fit_unseen_maps(self, train_indices: Sequence[int] | None = None) -> None:
         """Fit how targets absent from training get their shift, from the training targets only.
 
         Node genes: the rule of :data:`~sccvae._interventions.UNSEEN_MAGNITUDE_RULES` that
@@ -569,6 +560,17 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
         rule, self.unseen_magnitude_errors_ = fit_unseen_maps(self.module)
         if rule is not None and self._unseen_magnitude == "auto":
             self.unseen_magnitude_ = rule
+        rows = np.arange(self.adata.n_obs) if train_indices is None else train_indices
+        labels, changes, significance, control = observed_changes(
+            self, np.asarray(rows), significance=True
+        )
+        codes = torch.as_tensor(labels, dtype=torch.long, device=self.device)
+        columns = self._label_columns(codes)
+        control = self._control_log_expression(control)
+        borrowing = fit_borrowing(self.module, codes, changes, significance, columns, control)
+        self.borrowing_temperature_ = borrowing.temperature
+        self.propagation_weight_ = borrowing.propagation
+        self.borrowing_scores_ = {f"{t},{a}": v for (t, a), v in borrowing.scores.items()}
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
@@ -591,10 +593,3 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
             raise KeyError(f"Layer {layer!r}, used at setup, is missing from the AnnData given.")
         return adata.X if layer is None else adata.layers[layer]
 
-    def _check_genes(self, adata: ad.AnnData) -> None:
-        expected = pd.Index(self.var_names_)
-        if not pd.Index(adata.var_names).equals(expected):
-            raise ValueError(
-                f"The AnnData's genes ({adata.n_vars}) differ from the model's ({len(expected)}): "
-                "subset it to the model's genes in their order (adata[:, model.adata.var_names])."
-            )

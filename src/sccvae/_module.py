@@ -209,6 +209,11 @@ class SCCVAEModule(BaseModuleClass):
         # the structure: fitted with the residuals, so that a combination of trained targets
         # propagates (and interacts) from where its singles really are
         self.register_buffer("target_correction", torch.zeros(n_targets, n_latent))
+        # observed mean change of every training label (standardised), for what unseen
+        # targets borrow from the training interventions (sccvae._borrowing)
+        self.register_buffer("label_changes", torch.zeros(len(label_targets), n_input))
+        self.register_buffer("label_observed", torch.zeros(len(label_targets), dtype=torch.bool))
+        self.register_buffer("label_significance", torch.zeros(len(label_targets), n_input))
         floor = -np.inf if expression_floor is None else float(expression_floor)
         self.register_buffer("expression_floor", torch.tensor(floor))
         # how far a gene's expression can fall (log-normalised units): decreases saturate
@@ -232,6 +237,11 @@ class SCCVAEModule(BaseModuleClass):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # models saved before the decrease bound existed predict without one
         state_dict.setdefault(prefix + "decrease_bound", torch.tensor(float("inf")))
+        state_dict.setdefault(prefix + "label_changes", torch.zeros_like(self.label_changes))
+        state_dict.setdefault(prefix + "label_observed", torch.zeros_like(self.label_observed))
+        state_dict.setdefault(
+            prefix + "label_significance", torch.zeros_like(self.label_significance)
+        )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ----------------------------------------------------------------- interventions
@@ -380,17 +390,18 @@ class SCCVAEModule(BaseModuleClass):
             z = qz.rsample((n_samples,))
         return {"qz": qz, "z": z}
 
-    def decode(self, u: torch.Tensor) -> torch.Tensor:
+    def decode(self, u: torch.Tensor, node_values: torch.Tensor | None = None) -> torch.Tensor:
         """Decode to expression on the log-normalised scale.
 
-        Node genes are read off their nodes; the other genes come from the decoder network.
+        Node genes are read off their nodes (``node_values`` when given, else ``u``); the
+        other genes come from the decoder network applied to ``u``.
         """
         decoded = self.decoder_out(self.decoder_body(u))
         if self.decoder_linear is not None:
             decoded = decoded + self.decoder_linear(u)
         if self.gene_nodes:
             standardized = u.new_empty(u.shape[0], self.n_input)
-            standardized[:, self.node_genes] = u
+            standardized[:, self.node_genes] = u if node_values is None else node_values
             standardized[:, self.other_genes] = decoded
         else:
             standardized = decoded
@@ -407,9 +418,18 @@ class SCCVAEModule(BaseModuleClass):
         """Shift, propagate and decode: predictions for the perturbed and the unperturbed state."""
         targets = self.training_targets() if targets is None else targets
         shift = self.shift(target_weights, targets)
-        u = self.scm(z, shift)
         u_control = self.scm(z)
-        prediction = self.decode(u)
+        if "propagation" in targets:
+            # the network passes on only a share of each target's own shift; its own node
+            # still takes all of it
+            damped = {**targets, "magnitude": targets["magnitude"] * targets["propagation"]}
+            passed = self.shift(target_weights, damped)
+            u_network = self.scm(z, passed)
+            u = u_network + (shift - passed)
+            prediction = self.decode(u_network, node_values=u)
+        else:
+            u = self.scm(z, shift)
+            prediction = self.decode(u)
         control_prediction = self.decode(u_control)
         if "residual" in targets:
             prediction = prediction + self.gene_scale * (target_weights @ targets["residual"])
@@ -436,15 +456,18 @@ class SCCVAEModule(BaseModuleClass):
 
         With ``x = g(u0) + noise`` the counterfactual under the intervention is ``g(u) + noise``
         = ``x + g(u) - g(u0)`` (abduction of the observation noise), clipped at the
-        expression floor. For ``"nb"`` the cell's counts are scaled by the ratio of the
-        decoded expected counts.
+        expression floor. For ``"nb"`` the same is done on the cell's log-normalised
+        expression (``log1p(1e4 x / library)``, floored at zero) and turned back into counts
+        at the cell's library size: the predicted change is then the change of the
+        log-normalised expression that the calibration fitted and the evaluation measures
+        (scaling a cell's counts instead cannot move a gene it has no count of, so a sparse
+        gene's mean would move far less than predicted). The counts are not integers.
         """
         if self.likelihood == "nb":
-            return (
-                source
-                * _counts(prediction, None)
-                / _counts(control_prediction, None).clamp_min(1e-10)
-            )
+            library = source.sum(dim=1, keepdim=True).clamp_min(1.0)
+            logged = torch.log1p(_NB_SCALE_FACTOR * source / library)
+            moved = (logged + prediction - control_prediction).clamp_min(0.0)
+            return torch.expm1(moved) * library / _NB_SCALE_FACTOR
         return (source + prediction - control_prediction).clamp_min(self.expression_floor)
 
     def loss(

@@ -431,3 +431,20 @@ def design_of(
     if require_controls:
         check_control_label(design.labels, control_label, perturbation_key)
     return design
+
+
+def target_matrix(parsed: Sequence[Targets]) -> tuple[list[str], np.ndarray]:
+    """Return the sorted targets of parsed labels and the labels x targets 0/1 matrix.
+
+    Raises a ValueError when no label has a target (control cells only).
+    """
+    targets = sorted({t for label in parsed for t in label})
+    if not targets:
+        raise ValueError(
+            "The data holds control cells only: the model needs perturbed cells to learn from."
+        )
+    index = {t: i for i, t in enumerate(targets)}
+    matrix = np.zeros((len(parsed), len(targets)), dtype=np.float32)
+    for row, label in enumerate(parsed):
+        matrix[row, [index[t] for t in label]] = 1.0
+    return targets, matrix

@@ -12,7 +12,9 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from ._inputs import CHUNK, dense
+from ._borrowing import borrowing_weights, control_signatures, similarities
+from ._calibration import _censored_shift
+from ._inputs import CHUNK, check_model_genes, dense, log_normalize
 from ._interventions import build_intervention, unseen_magnitude
 from ._perturbations import canonical, check_control_label, perturbation_labels
 
@@ -175,7 +177,7 @@ class PredictionMixin:
         if kind not in ("exogenous", "causal"):
             raise ValueError(f"kind must be 'exogenous' or 'causal', got {kind!r}.")
         adata = self.adata if adata is None else adata
-        self._check_genes(adata)
+        check_model_genes(adata, self.var_names_)
         self.module.eval()
         expression = self._expression(adata)
         generator = torch.Generator().manual_seed(self._seed(seed))
@@ -222,6 +224,91 @@ class PredictionMixin:
             center[np.asarray(genes)],
             scale[np.asarray(genes)],
         )
+
+    @torch.no_grad()
+    def _borrowed_interventions(
+        self, targets: Sequence[str], signs: Sequence[float]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latent shift and residual each unseen target borrows from the training labels.
+
+        Measured genes weigh the training interventions by the similarity of their changes
+        to the gene's signed coexpression signature (:mod:`sccvae._borrowing`); other targets
+        borrow their plain mean.
+        """
+        module = self.module
+        rows = torch.nonzero(module.label_observed).ravel()
+        label_targets = module.label_targets[rows]
+        # what a training label did to the other genes: its node-gene targets' own shifts
+        # and their own genes' changes are not borrowed
+        trained = module.training_targets()
+        own = module.target_shifts(trained) * (trained["node"] >= 0)[:, None]
+        label_shifts = module.shift(label_targets) - label_targets @ own
+        label_columns = self._label_columns(rows)
+        changes = module.label_changes[rows].clone()
+        for row, columns in enumerate(label_columns):
+            changes[row, columns] = 0.0
+        weights = np.full((len(targets), rows.numel()), 1.0 / rows.numel())
+        column = {g: i for i, g in enumerate(self.var_names_)}
+        measured = [i for i, t in enumerate(targets) if t in column]
+        if measured and np.isfinite(self.borrowing_temperature_):
+            control = self._control_log_expression()
+            columns = [column[targets[i]] for i in measured]
+            signatures = control_signatures(control, columns) * np.asarray(signs)[measured, None]
+            significance = module.label_significance[rows].cpu().numpy()
+            similarity = similarities(signatures, columns, significance, label_columns)
+            weights[measured] = borrowing_weights(similarity, self.borrowing_temperature_)
+        weights = torch.as_tensor(weights, dtype=torch.float32, device=self.device)
+        shifts = weights @ label_shifts
+        return shifts, self._pinned_residuals(shifts, weights @ changes)
+
+    def _pinned_residuals(
+        self, shifts: torch.Tensor, wanted: torch.Tensor, n_cells: int = 256
+    ) -> torch.Tensor:
+        """Gene residuals that make each latent shift's mean change the ``wanted`` one.
+
+        On a seeded draw of training control cells (as the calibration uses), the change the
+        structure predicts for each shift is completed by the gene-wise shift that brings its
+        mean, saturated and clipped at the expression floor, to ``wanted`` (standardised).
+        """
+        module = self.module
+        control, _ = self._control_expression(self.adata)
+        rng = np.random.default_rng(self.seed_)
+        sample = np.sort(
+            rng.choice(control.shape[0], min(n_cells, control.shape[0]), replace=False)
+        )
+        x = torch.as_tensor(dense(control[sample]), dtype=torch.float32, device=self.device)
+        qz = module.inference(x)["qz"]
+        noise = torch.randn(qz.loc.shape, generator=torch.Generator().manual_seed(self.seed_))
+        z = qz.loc + qz.scale * noise.to(self.device)
+        cells = module.standardize(x)
+        base = cells.mean(dim=0)
+        floor = (module.expression_floor - module.gene_center) / module.gene_scale
+        bound = module.decrease_bound / module.gene_scale
+        reference = module._standardized_prediction(module.decode(module.scm(z)))
+        residuals = []
+        for shift, target in zip(shifts, wanted, strict=True):
+            shifted = module.decode(module.scm(z, shift.expand_as(z)))
+            drive = module._standardized_prediction(shifted) - reference
+            residuals.append(_censored_shift(cells, drive, base, target, floor, bound))
+        return torch.stack(residuals)
+
+    def _label_columns(self, rows: torch.Tensor) -> list[list[int]]:
+        """Return the measured genes (columns) that each registered label of ``rows`` targets."""
+        column = {g: i for i, g in enumerate(self.var_names_)}
+        targets = self.module.label_targets[rows].cpu().numpy()
+        return [
+            [column[self.targets_[t]] for t in np.flatnonzero(row) if self.targets_[t] in column]
+            for row in targets
+        ]
+
+    def _control_log_expression(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """Control cells of the training AnnData, log-normalised, dense float64."""
+        control, _ = self._control_expression(self.adata)
+        if rows is not None:
+            control = self._expression(self.adata)[rows]
+        if self.module.likelihood == "nb":
+            control = log_normalize(control)
+        return dense(control).astype(np.float64)
 
     def _proxy_directions(self, genes: Sequence[int], n_cells: int = 2000) -> torch.Tensor:
         """Node shift per unit of each gene's standardised expression, for non-node genes.
@@ -319,7 +406,7 @@ class PredictionMixin:
         self, adata: ad.AnnData | None
     ) -> tuple[np.ndarray | sp.spmatrix, np.ndarray]:
         adata = self.adata if adata is None else adata
-        self._check_genes(adata)
+        check_model_genes(adata, self.var_names_)
         labels = perturbation_labels(adata.obs, self.perturbation_key_)
         check_control_label(labels, self.control_label_, self.perturbation_key_)
         rows = np.flatnonzero(labels == self.control_label_)
