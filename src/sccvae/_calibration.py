@@ -97,16 +97,7 @@ def calibrate_training_targets(
 
     was_training = module.training
     module.eval()
-    rng = np.random.default_rng(seed)
-    sample = np.sort(rng.choice(control_rows, size=min(n_cells, control_rows.size), replace=False))
-    with torch.no_grad():
-        x = torch.as_tensor(dense(expression[sample]), dtype=torch.float32, device=device)
-        qz = module.inference(x)["qz"]
-        # a posterior draw, as `predict` uses: with a wide posterior (abstract nodes) the mean
-        # change over draws is not the change at the posterior means
-        noise = torch.randn(qz.loc.shape, generator=torch.Generator().manual_seed(seed))
-        z = qz.loc + qz.scale * noise.to(device)
-        cells = module.standardize(x)
+    z, cells = reference_cells(module, expression, control_rows, n_cells, seed)
     weights = module.label_targets[torch.as_tensor(labels, device=device)]  # labels x targets
     trained = weights.sum(dim=0) > 0  # targets with training cells (all of them, normally)
     floor = (module.expression_floor - module.gene_center) / module.gene_scale
@@ -130,6 +121,27 @@ def calibrate_training_targets(
         labels.size, errors["before"], errors["corrected"], errors["after"],
     )  # fmt: skip
     return errors
+
+
+@torch.no_grad()
+def reference_cells(
+    module, expression, control_rows: np.ndarray, n_cells: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw control cells (seeded): their posterior draw ``z`` and standardised expression.
+
+    The cells on which changes are fitted after training (the calibration, and what unseen
+    targets borrow). ``z`` is one seeded posterior draw of each cell, as
+    :meth:`~sccvae.SCCVAE.predict` uses: with a wide posterior (abstract nodes) the mean
+    change over draws is not the change at the posterior means.
+    """
+    rng = np.random.default_rng(seed)
+    size = min(n_cells, control_rows.size)
+    sample = np.sort(rng.choice(control_rows, size=size, replace=False))
+    device = module.gene_center.device
+    x = torch.as_tensor(dense(expression[sample]), dtype=torch.float32, device=device)
+    qz = module.inference(x)["qz"]
+    noise = torch.randn(qz.loc.shape, generator=torch.Generator().manual_seed(seed))
+    return qz.loc + qz.scale * noise.to(device), module.standardize(x)
 
 
 def estimate_decrease_bound(model, train_idx: np.ndarray, factor: float = 1.1) -> float:

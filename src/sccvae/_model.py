@@ -566,7 +566,7 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
         )
         codes = torch.as_tensor(labels, dtype=torch.long, device=self.device)
         columns = self._label_columns(codes)
-        control = self._control_log_expression(control)
+        control = self._log_expression(control)
         borrowing = fit_borrowing(self.module, codes, changes, significance, columns, control)
         self.borrowing_temperature_ = borrowing.temperature
         self.propagation_weight_ = borrowing.propagation

@@ -13,7 +13,7 @@ import scipy.sparse as sp
 import torch
 
 from ._borrowing import borrowing_weights, control_signatures, similarities
-from ._calibration import _censored_shift
+from ._calibration import _censored_shift, reference_cells
 from ._inputs import CHUNK, check_model_genes, dense, log_normalize
 from ._interventions import build_intervention, unseen_magnitude
 from ._perturbations import canonical, check_control_label, perturbation_labels
@@ -251,7 +251,7 @@ class PredictionMixin:
         column = {g: i for i, g in enumerate(self.var_names_)}
         measured = [i for i, t in enumerate(targets) if t in column]
         if measured and np.isfinite(self.borrowing_temperature_):
-            control = self._control_log_expression()
+            control = self._log_expression()
             columns = [column[targets[i]] for i in measured]
             signatures = control_signatures(control, columns) * np.asarray(signs)[measured, None]
             significance = module.label_significance[rows].cpu().numpy()
@@ -272,15 +272,8 @@ class PredictionMixin:
         """
         module = self.module
         control, _ = self._control_expression(self.adata)
-        rng = np.random.default_rng(self.seed_)
-        sample = np.sort(
-            rng.choice(control.shape[0], min(n_cells, control.shape[0]), replace=False)
-        )
-        x = torch.as_tensor(dense(control[sample]), dtype=torch.float32, device=self.device)
-        qz = module.inference(x)["qz"]
-        noise = torch.randn(qz.loc.shape, generator=torch.Generator().manual_seed(self.seed_))
-        z = qz.loc + qz.scale * noise.to(self.device)
-        cells = module.standardize(x)
+        rows = np.arange(control.shape[0])
+        z, cells = reference_cells(module, control, rows, n_cells, self.seed_)
         base = cells.mean(dim=0)
         floor = (module.expression_floor - module.gene_center) / module.gene_scale
         bound = module.decrease_bound / module.gene_scale
@@ -301,14 +294,15 @@ class PredictionMixin:
             for row in targets
         ]
 
-    def _control_log_expression(self, rows: np.ndarray | None = None) -> np.ndarray:
-        """Control cells of the training AnnData, log-normalised, dense float64."""
-        control, _ = self._control_expression(self.adata)
-        if rows is not None:
-            control = self._expression(self.adata)[rows]
+    def _log_expression(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """Cells of the training AnnData, log-normalised, dense float64 (control cells if None)."""
+        if rows is None:
+            cells, _ = self._control_expression(self.adata)
+        else:
+            cells = self._expression(self.adata)[rows]
         if self.module.likelihood == "nb":
-            control = log_normalize(control)
-        return dense(control).astype(np.float64)
+            cells = log_normalize(cells)
+        return dense(cells).astype(np.float64)
 
     def _proxy_directions(self, genes: Sequence[int], n_cells: int = 2000) -> torch.Tensor:
         """Node shift per unit of each gene's standardised expression, for non-node genes.

@@ -153,6 +153,10 @@ def _fit_sccvae(fold: Fold, settings: RunSettings, progress, name: str) -> Fitte
     progress.remove(task)
     epochs = len(model.history["train_loss"])
     info = {"seconds": seconds, "epochs": epochs, **_history_summary(model)}
+    # how unseen targets were described, chosen after training on the training targets
+    info["unseen_magnitude"] = model.unseen_magnitude_
+    info["borrowing_temperature"] = model.borrowing_temperature_
+    info["propagation_weight"] = model.propagation_weight_
 
     def predict(labels: list[str]) -> AnnData:
         pred = model.predict(

@@ -42,7 +42,8 @@ class BenchmarkResult:
         The :class:`~sccvae.splits.Split` objects used.
     training
         One row per trained SCCVAE (method, fold, epochs, seconds, last train / validation
-        loss, best validation loss and its epoch).
+        loss, best validation loss and its epoch, and how unseen targets are described: the
+        magnitude rule, borrowing temperature and propagation weight chosen after training).
     config
         The run's settings (data description, split, seeds, epochs, model arguments...).
     notes
