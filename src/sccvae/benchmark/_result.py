@@ -82,12 +82,28 @@ class BenchmarkResult:
         )
 
 
+#: Significance level of the paired tests behind the verdicts' "beats" and "loses to".
+ALPHA = 0.05
+
+
 def _fmt(value: float, digits: int) -> str:
     if value is None or not np.isfinite(value):
         return "nan"
     if value != 0 and abs(value) < 10 ** (-digits + 1):
         return f"{value:.{digits - 1}e}"
     return f"{value:.{digits}f}"
+
+
+def _fmt_p(p: float) -> str:
+    """``"p=0.031"``: two significant digits, never rounded up to the level (0.0496: "p<0.05")."""
+    if p is None or not np.isfinite(p):
+        return "p=nan"
+    if p < 0.001:
+        return "p<0.001"
+    text = f"{p:.2g}"
+    if p < ALPHA <= float(text):
+        return f"p<{ALPHA:g}"
+    return f"p={text}"
 
 
 def format_table(
@@ -111,7 +127,8 @@ def format_table(
     digits
         Decimals.
     win_rates
-        Append ``"win X%"``: how often the reference method beats this one.
+        Append ``"win X%, p=P"``: how often the reference method is better than this one,
+        and the two-sided paired Wilcoxon p-value (where the summary has one).
     separator
         Between the value and the win rate (e.g. a newline for terminals).
     """
@@ -131,5 +148,7 @@ def format_table(
         )
         if win_rates and np.isfinite(row["reference_win_rate"]):
             text += f"{separator}win {100 * row['reference_win_rate']:.0f}%"
+            if np.isfinite(row.get("reference_p_value", np.nan)):
+                text += f", {_fmt_p(row['reference_p_value'])}"
         table.loc[row["metric"], row["method"]] = text
     return table.fillna("")
