@@ -139,6 +139,9 @@ def test_unmeasured_targets_seen_split_uses_onehot(tiny):
         ({"split": "combo"}, "No combination"),
         ({"split": "iid"}, "Unknown split"),
         ({"max_epochs": 0}, "max_epochs"),
+        ({"n_seeds": 0}, "n_seeds"),
+        ({"n_seeds": 1.5}, "n_seeds"),
+        ({"n_seeds": 2, "model_kwargs": {"seed": 3}}, "may not set 'seed'"),
         ({"model_kwargs": {"graph": "none"}}, "graph"),
     ],
 )
@@ -549,3 +552,52 @@ def test_verdict_drops_pairs_with_a_missing_value():
     assert row["reference_p_value"] == pytest.approx(wilcoxon(SIX, SIX - 0.1).pvalue)
     table = format_table(result.summary)
     assert table.loc["pearson_delta_de", "mean"].endswith("win 100%, p=0.031")
+
+
+def test_n_seeds_averages_sccvae_per_perturbation_and_reports_the_spread(tiny, tmp_path):
+    from scipy.stats import wilcoxon
+
+    from sccvae.benchmark import verdicts
+
+    run = dict(n_folds=2, folds=[0], methods="sccvae,mean", **FAST)
+    result = run_benchmark(tiny, n_seeds=2, out=tmp_path / "bench", **run)
+    assert result.config["n_seeds"] == 2 and result.config["sccvae_seeds"] == [0, 1]
+    per_seed = result.seed_results
+    assert set(per_seed["method"]) == {"sccvae"} and set(per_seed["seed"]) == {0, 1}
+    assert list(per_seed.columns[:4]) == ["method", "fold", "seed", "perturbation"]
+    assert list(result.training["seed"]) == [0, 1]
+    # seed 0 is the one-seed run's SCCVAE; seed 1 differs
+    single = run_benchmark(tiny, **run)
+    first = per_seed[per_seed["seed"] == 0].drop(columns="seed").reset_index(drop=True)
+    ours = single.results[single.results["method"] == "sccvae"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(first, ours)
+    metric = "pearson_delta_all"
+    by_seed = per_seed.pivot(index="perturbation", columns="seed", values=metric)
+    assert not np.allclose(by_seed[0], by_seed[1])
+    # results: each perturbation's score averaged over the seeds; baselines as in one-seed runs
+    results = result.results.set_index(["method", "perturbation"])[metric]
+    np.testing.assert_allclose(results["sccvae"].loc[by_seed.index], by_seed.mean(axis=1))
+    np.testing.assert_allclose(
+        results["mean"], single.results.set_index(["method", "perturbation"])[metric]["mean"]
+    )
+    # the summary: mean of the averages, spread of the per-seed means, tests on the averages
+    summary = result.summary[result.summary["category"] == "all"].set_index(["method", "metric"])
+    row = summary.loc[("sccvae", metric)]
+    seed_means = by_seed.mean(axis=0)
+    assert row["mean"] == pytest.approx(by_seed.mean(axis=1).mean())
+    assert row["n_seeds"] == 2
+    assert row["seed_sd"] == pytest.approx(seed_means.std(ddof=1))
+    assert (row["seed_min"], row["seed_max"]) == pytest.approx(
+        (seed_means.min(), seed_means.max())
+    )
+    assert np.isnan(summary.loc[("mean", metric), "seed_sd"])
+    pairs = pd.concat([results["sccvae"], results["mean"]], axis=1).dropna()
+    expected = wilcoxon(pairs.iloc[:, 0], pairs.iloc[:, 1]).pvalue
+    assert summary.loc[("mean", metric), "reference_p_value"] == pytest.approx(expected)
+    # the report: the spread beside the interval, and in the verdict
+    assert "2 seeds: sd" in result.table().loc[metric, "sccvae"]
+    line = next(v for v in verdicts(result) if v.startswith(metric + " "))
+    assert f"sccvae {row['mean']:.3f} (mean of 2 seeds, sd {row['seed_sd']:.3f}, range" in line
+    md = (tmp_path / "bench" / "summary.md").read_text()
+    assert "- n_seeds: 2" in md and "trained with seeds [0, 1]" in md
+    assert (tmp_path / "bench" / "seed_results.csv").is_file()

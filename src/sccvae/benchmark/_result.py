@@ -34,10 +34,13 @@ class BenchmarkResult:
     results
         One row per (method, fold, test perturbation): columns ``method``, ``fold``,
         ``perturbation``, ``category`` (combination split: ``"seen 0/1/2"``, ``"single"``;
-        otherwise ``"all"``) and every metric of :func:`sccvae.metrics.evaluate`.
+        otherwise ``"all"``) and every metric of :func:`sccvae.metrics.evaluate`. With
+        ``n_seeds > 1``, an SCCVAE variant's metrics are averaged over its seeds.
     summary
         :func:`sccvae.metrics.summarize` of all test perturbations (pooled over folds) with
-        an extra ``category`` column (``"all"`` plus, for combination splits, each category).
+        an extra ``category`` column (``"all"`` plus, for combination splits, each category)
+        and, with ``n_seeds > 1``, the spread across seeds of each SCCVAE variant's per-seed
+        means: ``n_seeds``, ``seed_sd``, ``seed_min``, ``seed_max`` (NaN for baselines).
     splits
         The :class:`~sccvae.splits.Split` objects used.
     training
@@ -51,7 +54,11 @@ class BenchmarkResult:
         Duration of the run in seconds.
     deltas
         ``method -> DataFrame`` (perturbations x genes) of predicted mean change from the
-        training control mean, plus ``"observed"``; used for the scatter plots.
+        training control mean (SCCVAE variants: averaged over seeds), plus ``"observed"``;
+        used for the scatter plots.
+    seed_results
+        With ``n_seeds > 1``: the rows of ``results`` of each SCCVAE variant, one per seed
+        (a ``seed`` column after ``fold``); empty otherwise.
     """
 
     results: pd.DataFrame
@@ -62,6 +69,7 @@ class BenchmarkResult:
     notes: list[str] = field(default_factory=list)
     wall_time_s: float = float("nan")
     deltas: dict[str, pd.DataFrame] = field(default_factory=dict)
+    seed_results: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def methods(self) -> list[str]:
@@ -130,7 +138,9 @@ def format_table(
         Append ``"win X%, p=P"``: how often the reference method is better than this one,
         and the two-sided paired Wilcoxon p-value (where the summary has one).
     separator
-        Between the value and the win rate (e.g. a newline for terminals).
+        Between the value and the win rate, and before the spread across seeds of a method
+        trained with several (``"3 seeds: sd 0.012, 0.500–0.530"``: standard deviation and
+        range of its per-seed means), e.g. a newline for terminals.
     """
     s = summary[summary["category"] == category] if "category" in summary else summary
     if metrics is None:
@@ -150,5 +160,11 @@ def format_table(
             text += f"{separator}win {100 * row['reference_win_rate']:.0f}%"
             if np.isfinite(row.get("reference_p_value", np.nan)):
                 text += f", {_fmt_p(row['reference_p_value'])}"
+        n_seeds = row.get("n_seeds", np.nan)
+        if np.isfinite(n_seeds) and n_seeds > 1:
+            text += (
+                f"{separator}{int(n_seeds)} seeds: sd {_fmt(row['seed_sd'], digits)}, "
+                f"{_fmt(row['seed_min'], digits)}–{_fmt(row['seed_max'], digits)}"
+            )
         table.loc[row["metric"], row["method"]] = text
     return table.fillna("")
