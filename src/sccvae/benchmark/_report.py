@@ -39,7 +39,7 @@ def verdicts(result: BenchmarkResult, category: str = "all") -> list[str]:
     significant paired test is a tie, and so are perturbations scored equally (e.g. every
     method at a DE overlap of 0, p = 1). Each comparison says how many perturbation pairs it
     used (those with a value on both sides). Exact p-values need enough pairs: with 6 the
-    smallest two-sided p is 2 / 2**6 = 0.031, so "beats" needs all 6 to favour the reference,
+    smallest two-sided p is ``2 / 2**6 = 0.031``, so "beats" needs all 6 to favour the reference,
     and with 5 or fewer nothing is significant (said in the line). The paired win rates follow.
     Baselines whose metric is undefined (e.g. the Pearson correlation of the control
     baseline's zero change) are named as such and do not count.
