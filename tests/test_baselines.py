@@ -252,3 +252,76 @@ def test_linear_ridge_auto_avoids_interpolating_a_simulated_screen():
         LinearBaseline(ridge="lots")
     with pytest.raises(ValueError, match="ridge"):
         LinearBaseline(ridge=-1.0)
+
+
+def _all_baselines():
+    from sccvae.baselines import (
+        CoexpressionBaseline,
+        KnnBaseline,
+        MeanTargetBaseline,
+        MultiregBaseline,
+    )
+
+    return [
+        ControlBaseline,
+        MeanBaseline,
+        MeanTargetBaseline,
+        MultiregBaseline,
+        AdditiveBaseline,
+        LinearBaseline,
+        CoexpressionBaseline,
+        KnnBaseline,
+    ]
+
+
+def _knocked_down(floor_at_zero: bool):
+    """Four knock-downs of their own gene that all take g5 down too (clipped at 0 or not)."""
+    deltas = random_deltas(["g0", "g1", "g2", "g3"], scale=0.3)
+    for i, delta in enumerate(deltas.values()):
+        delta[[i, 5]] = -4.0
+    adata, _ = make_adata(deltas, n_per=60)
+    if floor_at_zero:  # log-normalised data: no cell goes below zero
+        adata.X = np.maximum(adata.X, 0)
+    return adata
+
+
+@pytest.mark.parametrize("cls", _all_baselines(), ids=lambda c: c.__name__)
+def test_predicted_cells_clipped_at_the_floor_of_non_negative_data(cls):
+    adata = _knocked_down(floor_at_zero=True)
+    model = cls().fit(adata)
+    assert model.expression_floor_ == 0.0
+    labels = ["g0", "g4"] if cls is not AdditiveBaseline else ["g0", "g1+g2"]
+    clipped = model.predict(labels, n_cells=50, seed=0).X
+    raw = model.predict(labels, n_cells=50, seed=0, clip=False).X
+    assert clipped.min() >= 0
+    np.testing.assert_array_equal(clipped, np.maximum(raw, 0))
+    if cls is not ControlBaseline:  # every other one shifts genes down by about their level
+        assert (raw < 0).any()
+    # the means stay control mean + delta (not clipped)
+    means = model.predict(labels, return_mean=True).X
+    np.testing.assert_allclose(means, model.control_mean_ + model.predict_delta(labels), rtol=1e-5)
+
+
+def test_predictions_unchanged_when_nothing_to_clip():
+    adata, _ = make_adata(random_deltas(["g0", "g1", "g2"], scale=0.2))
+    adata.X = sp.csr_matrix(adata.X + 3)  # far from zero: no shift reaches it
+    assert adata.X.min() > 0
+    for cls in _all_baselines():
+        model = cls().fit(adata)
+        assert model.expression_floor_ == 0.0
+        clipped = model.predict(["g0", "g4"], n_cells=30, seed=3).X
+        raw = model.predict(["g0", "g4"], n_cells=30, seed=3, clip=False).X
+        np.testing.assert_array_equal(clipped, raw)
+
+
+def test_no_clipping_on_data_with_negative_values():
+    adata = _knocked_down(floor_at_zero=False)
+    x = np.asarray(adata.X)
+    adata.X = (x - x.mean(axis=0)) / x.std(axis=0)  # z-scored: negative values are real
+    for cls in (MeanBaseline, LinearBaseline):
+        model = cls().fit(adata)
+        assert model.expression_floor_ is None
+        clipped = model.predict(["g0", "g4"], n_cells=30, seed=0).X
+        raw = model.predict(["g0", "g4"], n_cells=30, seed=0, clip=False).X
+        np.testing.assert_array_equal(clipped, raw)
+        assert clipped.min() < 0

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -137,6 +139,9 @@ def test_unmeasured_targets_seen_split_uses_onehot(tiny):
         ({"split": "combo"}, "No combination"),
         ({"split": "iid"}, "Unknown split"),
         ({"max_epochs": 0}, "max_epochs"),
+        ({"n_seeds": 0}, "n_seeds"),
+        ({"n_seeds": 1.5}, "n_seeds"),
+        ({"n_seeds": 2, "model_kwargs": {"seed": 3}}, "may not set 'seed'"),
         ({"model_kwargs": {"graph": "none"}}, "graph"),
     ],
 )
@@ -446,3 +451,153 @@ def test_methods_added_to_the_registry_are_accepted(monkeypatch):
     assert uncalibrated.is_sccvae and uncalibrated.train_kwargs == {"calibrate": False}
     with pytest.raises(sccvae.benchmark.BenchmarkInputError, match="Unknown method"):
         _methods.parse_methods("sccvae[nope]", "unseen")
+
+
+def _hand_built(values: dict[str, dict[str, list[float]]]) -> BenchmarkResult:
+    """A result whose summary is ``summarize`` of hand-built per-perturbation scores."""
+    from sccvae.metrics import summarize
+
+    tables = {
+        method: pd.DataFrame(
+            metrics, index=[f"p{i}" for i in range(len(next(iter(metrics.values()))))]
+        )
+        for method, metrics in values.items()
+    }
+    summary = summarize(tables, reference="sccvae", n_bootstrap=20)
+    summary.insert(0, "category", "all")
+    results = pd.concat(
+        [t.rename_axis("perturbation").reset_index().assign(method=m) for m, t in tables.items()]
+    )
+    return BenchmarkResult(
+        results=results, summary=summary, splits=[], config={"reference": "sccvae"}
+    )
+
+
+def _verdict(result: BenchmarkResult, metric: str) -> str:
+    from sccvae.benchmark import verdicts
+
+    (line,) = [v for v in verdicts(result) if v.startswith(metric + " ")]
+    return line
+
+
+SIX = np.array([0.30, 0.42, 0.25, 0.51, 0.38, 0.47])
+
+
+def test_verdict_beats_only_where_every_one_of_six_pairs_favours_it():
+    from scipy.stats import wilcoxon
+
+    mixed = SIX + np.array([-0.1, -0.2, -0.05, 0.1, -0.15, -0.25])  # one pair favours mean
+    result = _hand_built(
+        {
+            "sccvae": {"pearson_delta_all": SIX},
+            "control": {"pearson_delta_all": SIX - 0.1},  # every pair favours sccvae
+            "mean": {"pearson_delta_all": mixed},
+        }
+    )
+    line = _verdict(result, "pearson_delta_all")
+    p_mixed = wilcoxon(SIX, mixed).pvalue
+    assert p_mixed > 0.05 and SIX.mean() > mixed.mean()  # better on average: still a tie
+    assert "sccvae 0.388: does not beat every baseline (paired Wilcoxon, p < 0.05)" in line
+    assert f"beats control (p=0.031, 6 pairs); ties mean (p={p_mixed:.2g}, 6 pairs)" in line
+    assert "better on 100 % vs control, 83 % vs mean of perturbations" in line
+    row = result.summary.set_index("method").loc["mean"]
+    assert row["reference_p_value"] == pytest.approx(p_mixed)
+    both = _hand_built(
+        {"sccvae": {"pearson_delta_all": SIX}, "mean": {"pearson_delta_all": SIX - 0.1}}
+    )
+    assert "beats every baseline (paired Wilcoxon, p < 0.05): mean (p=0.031, 6 pairs)" in (
+        _verdict(both, "pearson_delta_all")
+    )
+    five = _hand_built(
+        {"sccvae": {"pearson_delta_all": SIX[:5]}, "mean": {"pearson_delta_all": SIX[:5] - 1}}
+    )
+    assert "ties mean (p=0.062, 5 pairs: too few to reach p < 0.05)" in (
+        _verdict(five, "pearson_delta_all")
+    )
+
+
+def test_verdict_loses_to_where_the_baseline_is_significantly_better():
+    result = _hand_built({"sccvae": {"mse_de": SIX + 0.2}, "mean": {"mse_de": SIX}})
+    line = _verdict(result, "mse_de")
+    assert line.startswith("mse_de ↓: best mean (0.388); sccvae 0.588: does not beat")
+    assert "loses to mean (p=0.031, 6 pairs)" in line
+    assert "sccvae better on 0 % vs mean" in line
+
+
+def test_verdict_equal_scores_tie_without_warning():
+    zeros = {"de_overlap": np.zeros(6)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = _hand_built({"sccvae": zeros, "control": zeros, "mean": zeros})
+        line = _verdict(result, "de_overlap")
+    assert line.startswith("de_overlap ↑: all methods equal (0.000); sccvae 0.000: does not")
+    assert "ties control (p=1, 6 pairs), mean (p=1, 6 pairs)" in line
+    assert "better on 50 % vs control, 50 % vs mean" in line
+
+
+def test_verdict_drops_pairs_with_a_missing_value():
+    from scipy.stats import wilcoxon
+
+    eight = np.concatenate([SIX, [0.2, 0.3]])
+    other = eight - 0.1
+    other[6] = np.nan
+    reference = eight.copy()
+    reference[7] = np.nan
+    result = _hand_built(
+        {"sccvae": {"pearson_delta_de": reference}, "mean": {"pearson_delta_de": other}}
+    )
+    assert "mean (p=0.031, 6 pairs)" in _verdict(result, "pearson_delta_de")
+    row = result.summary.set_index("method").loc["mean"]
+    assert row["n_paired"] == 6
+    assert row["reference_p_value"] == pytest.approx(wilcoxon(SIX, SIX - 0.1).pvalue)
+    table = format_table(result.summary)
+    assert table.loc["pearson_delta_de", "mean"].endswith("win 100%, p=0.031")
+
+
+def test_n_seeds_averages_sccvae_per_perturbation_and_reports_the_spread(tiny, tmp_path):
+    from scipy.stats import wilcoxon
+
+    from sccvae.benchmark import verdicts
+
+    run = dict(n_folds=2, folds=[0], methods="sccvae,mean", **FAST)
+    result = run_benchmark(tiny, n_seeds=2, out=tmp_path / "bench", **run)
+    assert result.config["n_seeds"] == 2 and result.config["sccvae_seeds"] == [0, 1]
+    per_seed = result.seed_results
+    assert set(per_seed["method"]) == {"sccvae"} and set(per_seed["seed"]) == {0, 1}
+    assert list(per_seed.columns[:4]) == ["method", "fold", "seed", "perturbation"]
+    assert list(result.training["seed"]) == [0, 1]
+    # seed 0 is the one-seed run's SCCVAE; seed 1 differs
+    single = run_benchmark(tiny, **run)
+    first = per_seed[per_seed["seed"] == 0].drop(columns="seed").reset_index(drop=True)
+    ours = single.results[single.results["method"] == "sccvae"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(first, ours)
+    metric = "pearson_delta_all"
+    by_seed = per_seed.pivot(index="perturbation", columns="seed", values=metric)
+    assert not np.allclose(by_seed[0], by_seed[1])
+    # results: each perturbation's score averaged over the seeds; baselines as in one-seed runs
+    results = result.results.set_index(["method", "perturbation"])[metric]
+    np.testing.assert_allclose(results["sccvae"].loc[by_seed.index], by_seed.mean(axis=1))
+    np.testing.assert_allclose(
+        results["mean"], single.results.set_index(["method", "perturbation"])[metric]["mean"]
+    )
+    # the summary: mean of the averages, spread of the per-seed means, tests on the averages
+    summary = result.summary[result.summary["category"] == "all"].set_index(["method", "metric"])
+    row = summary.loc[("sccvae", metric)]
+    seed_means = by_seed.mean(axis=0)
+    assert row["mean"] == pytest.approx(by_seed.mean(axis=1).mean())
+    assert row["n_seeds"] == 2
+    assert row["seed_sd"] == pytest.approx(seed_means.std(ddof=1))
+    assert (row["seed_min"], row["seed_max"]) == pytest.approx(
+        (seed_means.min(), seed_means.max())
+    )
+    assert np.isnan(summary.loc[("mean", metric), "seed_sd"])
+    pairs = pd.concat([results["sccvae"], results["mean"]], axis=1).dropna()
+    expected = wilcoxon(pairs.iloc[:, 0], pairs.iloc[:, 1]).pvalue
+    assert summary.loc[("mean", metric), "reference_p_value"] == pytest.approx(expected)
+    # the report: the spread beside the interval, and in the verdict
+    assert "2 seeds: sd" in result.table().loc[metric, "sccvae"]
+    line = next(v for v in verdicts(result) if v.startswith(metric + " "))
+    assert f"sccvae {row['mean']:.3f} (mean of 2 seeds, sd {row['seed_sd']:.3f}, range" in line
+    md = (tmp_path / "bench" / "summary.md").read_text()
+    assert "- n_seeds: 2" in md and "trained with seeds [0, 1]" in md
+    assert (tmp_path / "bench" / "seed_results.csv").is_file()

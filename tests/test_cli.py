@@ -51,6 +51,7 @@ def test_help(capsys):
         "--dataset",
         "--likelihood",
         "--obs-filter",
+        "--n-seeds",
     ):
         assert option in text
     flat = " ".join(text.split())
@@ -144,3 +145,27 @@ def test_counts_file_with_filter_and_likelihood(tmp_path, capsys):
     md = (out / "summary.md").read_text()
     assert "- likelihood: nb" in md and "- obs_filter: quality >= 0.1" in md
     assert "normalize_total(target_sum=1e4) + log1p" in md
+
+
+def test_n_seeds_flag(monkeypatch, capsys):
+    from sccvae.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["benchmark"]).n_seeds == 1
+    assert parser.parse_args(["benchmark", "--n-seeds", "3"]).n_seeds == 3
+    for bad in ("0", "-1", "two"):
+        with pytest.raises(SystemExit) as info:
+            parser.parse_args(["benchmark", "--n-seeds", bad])
+        assert info.value.code == 2
+        assert "--n-seeds" in capsys.readouterr().err
+    # the flag reaches run_benchmark
+    seen = {}
+
+    def stop(**kwargs):
+        seen.update(kwargs)
+        raise sccvae.benchmark.BenchmarkInputError("stop here")
+
+    monkeypatch.setattr(sccvae.benchmark, "run_benchmark", stop)
+    with pytest.raises(SystemExit):
+        main(["benchmark", "--n-seeds", "2", *FAST])
+    assert seen["n_seeds"] == 2

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,6 +15,7 @@ from sccvae.metrics import (
     fit_pca,
     mean_of_perturbation_means,
     mmd,
+    paired_test,
     pearson,
     summarize,
     win_rate,
@@ -290,6 +293,60 @@ def test_summarize_bookkeeping():
         summarize({"ref": ref}, metrics=["nope"])
     with pytest.raises(ValueError, match="Reference"):
         summarize({"ref": ref}, reference="x")
+
+
+def test_summarize_p_values_are_scipys_wilcoxon_on_the_same_pairs():
+    from scipy.stats import wilcoxon
+
+    rng = np.random.default_rng(3)
+    idx = pd.Index([f"p{i}" for i in range(12)], name="perturbation")
+    ref = pd.DataFrame({"mse_all": rng.uniform(0, 1, 12), "de_overlap": 0.0}, index=idx)
+    other = pd.DataFrame({"mse_all": rng.uniform(0, 1, 12), "de_overlap": 0.0}, index=idx)
+    other.loc[["p0", "p5"], "mse_all"] = np.nan  # dropped pairs
+    ref.loc["p7", "mse_all"] = np.nan
+    ref.loc["p3", "mse_all"] = other.loc["p3", "mse_all"]  # one equal pair
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # all-equal pairs neither warn nor raise
+        out = summarize({"ref": ref, "other": other}, reference="ref", n_bootstrap=10)
+    row = out.set_index(["method", "metric"]).loc[("other", "mse_all")]
+    keep = ref["mse_all"].notna() & other["mse_all"].notna()
+    assert row["n_paired"] == keep.sum() == 9
+    expected = wilcoxon(ref.loc[keep, "mse_all"], other.loc[keep, "mse_all"]).pvalue
+    assert row["reference_p_value"] == pytest.approx(expected, rel=1e-12)
+    assert np.isnan(
+        out.set_index(["method", "metric"]).loc[("ref", "mse_all"), "reference_p_value"]
+    )
+    # every pair equal (every method at a DE overlap of 0): p = 1, no warning, no error
+    tie = out.set_index(["method", "metric"]).loc[("other", "de_overlap")]
+    assert tie["reference_p_value"] == 1.0 and tie["reference_rank_biserial"] == 0.0
+    assert tie["reference_win_rate"] == 0.5 and tie["n_paired"] == 12
+
+
+def test_paired_test_exact_p_values_and_direction():
+    from scipy.stats import wilcoxon
+
+    better = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
+    worse = better - np.array([0.1, 0.2, 0.05, 0.3, 0.15, 0.25])
+    # all 6 pairs favour the reference: the exact two-sided p is 2 / 2**6
+    assert paired_test(better, worse, higher_is_better=True) == (pytest.approx(2 / 64), 1.0)
+    # lower is better: the same pairs favour the other method
+    p, effect = paired_test(better, worse, higher_is_better=False)
+    assert p == pytest.approx(2 / 64) and effect == -1.0
+    # with 5 pairs even a clean sweep cannot reach p < 0.05
+    assert paired_test(better[:5], worse[:5], True)[0] == pytest.approx(2 / 32)
+    mixed = worse.copy()
+    mixed[[1, 3]] = better[[1, 3]] + 0.1
+    p, effect = paired_test(better, mixed, True)
+    assert p == pytest.approx(wilcoxon(better, mixed).pvalue) and p > 0.05
+    assert -1 < effect < 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert paired_test(np.zeros(4), np.zeros(4), True) == (1.0, 0.0)
+        assert paired_test(np.ones(7), np.ones(7), False) == (1.0, 0.0)
+    with pytest.raises(ValueError, match="NaN"):
+        paired_test(np.array([1.0, np.nan]), np.array([1.0, 2.0]), True)
+    with pytest.raises(ValueError, match="equal shape"):
+        paired_test(np.zeros(0), np.zeros(0), True)
 
 
 def test_bootstrap_ci_contains_mean_on_real_table():

@@ -3,8 +3,11 @@
 Every baseline predicts a *mean change* ``delta`` (genes) of a perturbation relative to the
 training control mean, and produces cells by shifting ``n_cells`` randomly drawn (seeded)
 training control cells by ``delta``, so that distribution metrics (energy distance, MMD)
-apply to them as they do to the model. Predicted values are not clipped at zero (clipping
-would change the mean that ``delta`` describes).
+apply to them as they do to the model. Predicted cells are clipped at the floor of the
+training expression, as SCCVAE's are: at 0 when no training value is negative (e.g.
+log-normalised data), not at all otherwise (e.g. z-scored data); ``predict(clip=False)``
+turns this off. Clipping can raise a predicted mean above ``control mean + delta`` for genes
+shifted towards zero, as a knock-down's real cells do at zero counts.
 
 - :class:`ControlBaseline`: ``delta = 0`` (predict unperturbed cells).
 - :class:`MeanBaseline`: the mean change over all training perturbations.
@@ -22,7 +25,7 @@ would change the mean that ``delta`` describes).
   perturbations in a gene embedding.
 
 All share ``fit(adata, perturbation_key, control_label, combination_delimiter, layer,
-train_indices)`` and ``predict(perturbations, n_cells, adata, return_mean, seed)``,
+train_indices)`` and ``predict(perturbations, n_cells, adata, return_mean, seed, clip)``,
 returning an AnnData with the training ``var_names``, ``obs[perturbation_key]`` holding the
 requested labels (``n_cells`` rows per label, or one with ``return_mean=True``) and the
 predictions in ``X`` (float32) and, for cells, ``obs["control_cell"]``, the control cell

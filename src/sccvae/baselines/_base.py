@@ -11,6 +11,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from sccvae._inputs import expression_floor
 from sccvae._perturbations import (
     PerturbationDesign,
     canonical_label,
@@ -132,6 +133,9 @@ class _Baseline:
                 design = design.subset(rows)
         x = sp.csr_matrix(x) if sp.issparse(x) else np.asarray(x)
         check_control_label(labels, control_label, perturbation_key)
+        # predicted cells are clipped here, as SCCVAE's are: a shift cannot take a gene of
+        # non-negative (log-normalised) data below zero
+        self.expression_floor_ = expression_floor(x)
         if design is None:
             design = PerturbationDesign.from_labels(labels, control_label, combination_delimiter)
 
@@ -221,6 +225,7 @@ class _Baseline:
         adata: AnnData | None = None,
         return_mean: bool = False,
         seed: int | None = None,
+        clip: bool = True,
     ) -> AnnData:
         """Predict cells (or means) for the given perturbation labels.
 
@@ -241,6 +246,14 @@ class _Baseline:
         seed
             Seed for drawing control cells; defaults to the ``seed`` hyperparameter, so
             predictions are reproducible.
+        clip
+            Clip predicted cells at the floor of the training expression
+            (``expression_floor_``: 0 when no training value is negative, e.g. log-normalised
+            data; no clipping when some are, e.g. z-scored data), as SCCVAE clips its own.
+            A control cell shifted by a negative change can otherwise go below zero, which no
+            cell can, and a gene whose predicted mean is negative drops out of the predicted
+            DE genes. ``return_mean`` rows are not clipped: they stay the training control
+            mean plus the predicted change.
 
         Returns
         -------
@@ -265,12 +278,16 @@ class _Baseline:
             else:
                 pool, pool_names = self._external_controls(adata)
             rng = np.random.default_rng(self.seed if seed is None else seed)
+            floor = self.expression_floor_ if clip else None
             blocks, sources = [], []
             for i in range(len(labels)):
                 rows = rng.choice(pool.shape[0], size=n_cells, replace=n_cells > pool.shape[0])
                 cells = pool[rows]
                 cells = cells.toarray() if sp.issparse(cells) else np.asarray(cells)
-                blocks.append((cells.astype(np.float64) + deltas[i]).astype(np.float32))
+                shifted = cells.astype(np.float64) + deltas[i]
+                if floor is not None:
+                    shifted = np.maximum(shifted, floor)
+                blocks.append(shifted.astype(np.float32))
                 sources.append(pool_names[rows])
             x = np.vstack(blocks) if blocks else np.zeros((0, self.var_names_.size), np.float32)
             obs_labels = [label for label in labels for _ in range(n_cells)]

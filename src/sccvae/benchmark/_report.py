@@ -18,7 +18,7 @@ import pandas as pd
 from sccvae.metrics import METRICS
 
 from ._methods import REGISTRY
-from ._result import HEADLINE_METRICS, BenchmarkResult, _fmt, format_table
+from ._result import ALPHA, HEADLINE_METRICS, BenchmarkResult, _fmt, _fmt_p, format_table
 
 logger = logging.getLogger(__name__)
 
@@ -29,11 +29,19 @@ VERDICT_METRICS: tuple[str, ...] = HEADLINE_METRICS
 
 
 def verdicts(result: BenchmarkResult, category: str = "all") -> list[str]:
-    """One line per headline metric: the best method, and whether SCCVAE beats every baseline.
+    """One line per headline metric: the best method, and how SCCVAE compares with each baseline.
 
-    A baseline is every method that is not an SCCVAE variant. "Beats" compares means over the
-    test perturbations; the paired win rates say on how many perturbations the reference is
-    better. Baselines whose metric is undefined (e.g. the Pearson correlation of the control
+    A baseline is every method that is not an SCCVAE variant. The reference "beats" a
+    baseline where the two-sided paired Wilcoxon signed-rank test over the test perturbations
+    (``reference_p_value`` of the summary, :func:`sccvae.metrics.paired_test`) gives
+    p < :data:`ALPHA` and its signed ranks favour the reference, "loses to" it where they
+    favour the baseline, and "ties" it otherwise: a difference in means without a
+    significant paired test is a tie, and so are perturbations scored equally (e.g. every
+    method at a DE overlap of 0, p = 1). Each comparison says how many perturbation pairs it
+    used (those with a value on both sides). Exact p-values need enough pairs: with 6 the
+    smallest two-sided p is ``2 / 2**6 = 0.031``, so "beats" needs all 6 to favour the reference,
+    and with 5 or fewer nothing is significant (said in the line). The paired win rates follow.
+    Baselines whose metric is undefined (e.g. the Pearson correlation of the control
     baseline's zero change) are named as such and do not count.
     """
     reference = result.config.get("reference")
@@ -51,37 +59,80 @@ def verdicts(result: BenchmarkResult, category: str = "all") -> list[str]:
         finite = means.dropna()
         if finite.empty:
             continue
-        best = finite.idxmax() if higher else finite.idxmin()
-        ref_mean = means.get(reference, np.nan)
+        top = finite.max() if higher else finite.min()
+        best = [m for m in finite.index if finite[m] == top]
+        if len(best) == len(finite) > 1:
+            best_text = f"all methods equal ({_fmt(top, 3)})"
+        else:
+            best_text = f"best {', '.join(best)} ({_fmt(top, 3)})"
         baselines = [m for m in rows.index if not REGISTRY[m].is_sccvae and m != reference]
         defined = [m for m in baselines if np.isfinite(means[m])]
         undefined = [m for m in baselines if not np.isfinite(means[m])]
-        better = [
-            np.isfinite(ref_mean) and (ref_mean > means[m] if higher else ref_mean < means[m])
-            for m in defined
-        ]
-        if not defined:
-            claim = "no baseline with a defined value"
-        elif all(better):
-            claim = f"{reference} beats every baseline"
-        else:
-            losing = [m for m, b in zip(defined, better, strict=True) if not b]
-            claim = f"{reference} does NOT beat every baseline (not: {', '.join(losing)})"
+        claim, unpaired = _comparisons(rows, reference, defined)
+        line = f"{_metric_label(metric)}: {best_text}; {_reference_value(rows, reference)}"
+        line += f": {claim}"
         rates = [
             f"{100 * rows.loc[m, 'reference_win_rate']:.0f} % vs {m}"
             for m in defined
             if np.isfinite(rows.loc[m, "reference_win_rate"])
         ]
-        line = (
-            f"{_metric_label(metric)}: best {best} ({_fmt(finite[best], 3)}); "
-            f"{reference} {_fmt(ref_mean, 3)}: {claim}"
-        )
         if rates:
             line += f"; {reference} better on " + ", ".join(rates) + " of perturbations"
+        if unpaired:
+            line += f"; no perturbation scored by both {reference} and {', '.join(unpaired)}"
         if undefined:
             line += f"; undefined for {', '.join(undefined)}"
         lines.append(line)
     return lines
+
+
+def _reference_value(rows: pd.DataFrame, reference: str) -> str:
+    """Return ``"sccvae 0.512"``, with the spread across seeds where it has several.
+
+    E.g. ``"sccvae 0.512 (mean of 3 seeds, sd 0.012, range 0.500–0.530)"``.
+    """
+    row = rows.loc[reference]
+    text = f"{reference} {_fmt(row['mean'], 3)}"
+    n_seeds = row.get("n_seeds", np.nan)
+    if np.isfinite(n_seeds) and n_seeds > 1:
+        text += (
+            f" (mean of {int(n_seeds)} seeds, sd {_fmt(row['seed_sd'], 3)}, range "
+            f"{_fmt(row['seed_min'], 3)}–{_fmt(row['seed_max'], 3)})"
+        )
+    return text
+
+
+def _comparisons(
+    rows: pd.DataFrame, reference: str, baselines: list[str]
+) -> tuple[str, list[str]]:
+    """Return the verdict's claim on ``baselines`` and those without a shared pair."""
+    if not baselines:
+        return "no baseline with a defined value", []
+    groups: dict[str, list[str]] = {"beats": [], "ties": [], "loses to": []}
+    unpaired = []
+    for m in baselines:
+        p_value = float(rows.loc[m].get("reference_p_value", np.nan))
+        n_pairs = int(rows.loc[m, "n_paired"])
+        if n_pairs == 0 or not np.isfinite(p_value):
+            unpaired.append(m)
+            continue
+        effect = float(rows.loc[m, "reference_rank_biserial"])
+        if p_value < ALPHA and effect > 0:
+            group = "beats"
+        elif p_value < ALPHA and effect < 0:
+            group = "loses to"
+        else:
+            group = "ties"
+        few = ": too few to reach p < 0.05" if n_pairs < 6 else ""
+        groups[group].append(f"{m} ({_fmt_p(p_value)}, {n_pairs} pairs{few})")
+    test = f"paired Wilcoxon, p < {ALPHA:g}"
+    compared = [m for m in baselines if m not in unpaired]
+    if not compared:
+        return "no baseline compared (no shared perturbation)", unpaired
+    if compared and len(groups["beats"]) == len(compared) and not unpaired:
+        return f"beats every baseline ({test}): " + ", ".join(groups["beats"]), unpaired
+    parts = [f"{word} " + ", ".join(items) for word, items in groups.items() if items]
+    return f"does not beat every baseline ({test}): " + "; ".join(parts), unpaired
 
 
 def _metric_label(metric: str) -> str:
@@ -92,8 +143,9 @@ def _metric_label(metric: str) -> str:
 def print_table(result: BenchmarkResult, console: Any = None, category: str = "all") -> None:
     """Print the metric x method table of a result with rich.
 
-    Each cell shows the mean over test perturbations with its 95 % bootstrap interval and
-    the share of perturbations on which the reference (SCCVAE) is better than that method.
+    Each cell shows the mean over test perturbations with its 95 % bootstrap interval, the
+    share of perturbations on which the reference (SCCVAE) is better than that method and
+    the two-sided paired Wilcoxon signed-rank p-value of the difference.
     """
     from rich.console import Console
     from rich.table import Table
@@ -109,7 +161,10 @@ def print_table(result: BenchmarkResult, console: Any = None, category: str = "a
     )
     table = Table(
         title=title,
-        caption=f"mean [95% CI]; win = share of perturbations where {reference} is better",
+        caption=(
+            f"mean [95% CI]; win = share of perturbations where {reference} is better; "
+            "p = paired two-sided Wilcoxon signed-rank test"
+        ),
         show_lines=True,
     )
     table.add_column("metric", style="bold", no_wrap=True)
@@ -169,6 +224,7 @@ def _summary_markdown(result: BenchmarkResult, plots: list[str]) -> str:
         "methods",
         "reference",
         "seed",
+        "n_seeds",
         "max_epochs",
         "n_cells",
         "n_de_genes",
@@ -184,10 +240,18 @@ def _summary_markdown(result: BenchmarkResult, plots: list[str]) -> str:
     )
     for k in settings_keys:
         lines.append(f"- {k}: {cfg.get(k)}")
-    lines.append(
-        "- seeds: one seed is used for the simulation, the split(s), model initialisation, "
-        "training minibatches and predicted cells"
-    )
+    if cfg.get("n_seeds", 1) > 1:
+        lines.append(
+            f"- seeds: SCCVAE is trained with seeds {cfg.get('sccvae_seeds')} (model "
+            "initialisation, training minibatches and predicted cells), each perturbation's "
+            f"scores averaged over them; the simulation, the split(s), the baselines and the "
+            f"scoring use seed {cfg.get('seed')}"
+        )
+    else:
+        lines.append(
+            "- seeds: one seed is used for the simulation, the split(s), model initialisation, "
+            "training minibatches and predicted cells"
+        )
     lines.append(f"- wall time: {result.wall_time_s:.1f} s")
     lines += ["", "## Machine", ""]
     for k, v in _machine_info().items():
@@ -201,9 +265,18 @@ def _summary_markdown(result: BenchmarkResult, plots: list[str]) -> str:
         "",
         "Mean over test perturbations (pooled over folds) [95 % bootstrap CI]; "
         f"win = share of test perturbations on which **{cfg.get('reference')}** is better "
-        "than that method (paired, ties count half). ↑ higher is better, ↓ lower is better.",
+        "than that method (paired, ties count half); p = two-sided Wilcoxon signed-rank test "
+        "of the paired per-perturbation values (`scipy.stats.wilcoxon`: equal pairs dropped, "
+        "exact up to 50 pairs). ↑ higher is better, ↓ lower is better.",
         "",
     ]
+    if cfg.get("n_seeds", 1) > 1:
+        lines += [
+            f"SCCVAE's scores are averaged over its {cfg['n_seeds']} seeds perturbation by "
+            "perturbation (the intervals, win rates and tests use these averages); "
+            "*N seeds: sd, min–max* is the spread of its per-seed means.",
+            "",
+        ]
     categories = list(dict.fromkeys(result.summary["category"])) if len(result.summary) else []
     if len(categories) == 2:  # a single category equals "all"
         categories = ["all"]
@@ -223,12 +296,24 @@ def _summary_markdown(result: BenchmarkResult, plots: list[str]) -> str:
         "## Files",
         "",
         "- `results.csv`: one row per method, fold and test perturbation, all metrics",
-        "- `summary.csv`: mean, CI and win rates per method and metric",
+        "- `summary.csv`: mean, CI, win rates and paired p-values per method and metric",
         "- `splits.json`: the train / validation / test cell positions of every split",
-        "",
     ]
+    if not result.seed_results.empty:
+        lines.append("- `seed_results.csv`: SCCVAE's rows of `results.csv`, one per seed")
+    lines.append("")
     if verdicts(result):
         lines += ["## Verdict", ""]
+        lines += [
+            f"{cfg.get('reference')} *beats* a baseline where the paired two-sided Wilcoxon "
+            f"signed-rank test over the test perturbations gives p < {ALPHA:g} in its favour, "
+            "*loses to* it where the test favours the baseline, and *ties* it otherwise "
+            "(equal scores on every perturbation give p = 1). Pairs with a missing value are "
+            "dropped; each comparison says how many it used. With 6 pairs the smallest "
+            "possible p is 0.031 (all 6 favour one method); with 5 or fewer no difference "
+            "can be significant.",
+            "",
+        ]
         lines += [f"- {line}" for line in verdicts(result)]
         lines.append("")
     return "\n".join(lines)
@@ -341,8 +426,9 @@ def write_outputs(result: BenchmarkResult, out: str | os.PathLike) -> Path:
     """Write a result to a directory.
 
     Files: ``results.csv`` (per perturbation), ``summary.csv``, ``training.csv`` (SCCVAE
-    fits), ``summary.md`` (markdown table, command line, data, seeds, epochs, wall time,
-    machine), ``splits.json``, ``metrics.png`` (bars with CIs for :data:`PLOT_METRICS`) and
+    fits), ``seed_results.csv`` (SCCVAE per seed, with ``n_seeds > 1``), ``summary.md``
+    (markdown table, command line, data, seeds, epochs, wall time, machine),
+    ``splits.json``, ``metrics.png`` (bars with CIs for :data:`PLOT_METRICS`) and
     ``scatter.png`` (predicted vs observed change, SCCVAE vs the best baseline).
 
     Returns
@@ -353,6 +439,8 @@ def write_outputs(result: BenchmarkResult, out: str | os.PathLike) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     result.results.to_csv(out / "results.csv", index=False)
     result.summary.to_csv(out / "summary.csv", index=False)
+    if not result.seed_results.empty:
+        result.seed_results.to_csv(out / "seed_results.csv", index=False)
     if not result.training.empty:
         result.training.to_csv(out / "training.csv", index=False)
     with open(out / "splits.json", "w") as handle:

@@ -34,10 +34,13 @@ class BenchmarkResult:
     results
         One row per (method, fold, test perturbation): columns ``method``, ``fold``,
         ``perturbation``, ``category`` (combination split: ``"seen 0/1/2"``, ``"single"``;
-        otherwise ``"all"``) and every metric of :func:`sccvae.metrics.evaluate`.
+        otherwise ``"all"``) and every metric of :func:`sccvae.metrics.evaluate`. With
+        ``n_seeds > 1``, an SCCVAE variant's metrics are averaged over its seeds.
     summary
         :func:`sccvae.metrics.summarize` of all test perturbations (pooled over folds) with
-        an extra ``category`` column (``"all"`` plus, for combination splits, each category).
+        an extra ``category`` column (``"all"`` plus, for combination splits, each category)
+        and, with ``n_seeds > 1``, the spread across seeds of each SCCVAE variant's per-seed
+        means: ``n_seeds``, ``seed_sd``, ``seed_min``, ``seed_max`` (NaN for baselines).
     splits
         The :class:`~sccvae.splits.Split` objects used.
     training
@@ -52,7 +55,11 @@ class BenchmarkResult:
         Duration of the run in seconds.
     deltas
         ``method -> DataFrame`` (perturbations x genes) of predicted mean change from the
-        training control mean, plus ``"observed"``; used for the scatter plots.
+        training control mean (SCCVAE variants: averaged over seeds), plus ``"observed"``;
+        used for the scatter plots.
+    seed_results
+        With ``n_seeds > 1``: the rows of ``results`` of each SCCVAE variant, one per seed
+        (a ``seed`` column after ``fold``); empty otherwise.
     """
 
     results: pd.DataFrame
@@ -63,6 +70,7 @@ class BenchmarkResult:
     notes: list[str] = field(default_factory=list)
     wall_time_s: float = float("nan")
     deltas: dict[str, pd.DataFrame] = field(default_factory=dict)
+    seed_results: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def methods(self) -> list[str]:
@@ -83,12 +91,28 @@ class BenchmarkResult:
         )
 
 
+#: Significance level of the paired tests behind the verdicts' "beats" and "loses to".
+ALPHA = 0.05
+
+
 def _fmt(value: float, digits: int) -> str:
     if value is None or not np.isfinite(value):
         return "nan"
     if value != 0 and abs(value) < 10 ** (-digits + 1):
         return f"{value:.{digits - 1}e}"
     return f"{value:.{digits}f}"
+
+
+def _fmt_p(p: float) -> str:
+    """``"p=0.031"``: two significant digits, never rounded up to the level (0.0496: "p<0.05")."""
+    if p is None or not np.isfinite(p):
+        return "p=nan"
+    if p < 0.001:
+        return "p<0.001"
+    text = f"{p:.2g}"
+    if p < ALPHA <= float(text):
+        return f"p<{ALPHA:g}"
+    return f"p={text}"
 
 
 def format_table(
@@ -112,9 +136,12 @@ def format_table(
     digits
         Decimals.
     win_rates
-        Append ``"win X%"``: how often the reference method beats this one.
+        Append ``"win X%, p=P"``: how often the reference method is better than this one,
+        and the two-sided paired Wilcoxon p-value (where the summary has one).
     separator
-        Between the value and the win rate (e.g. a newline for terminals).
+        Between the value and the win rate, and before the spread across seeds of a method
+        trained with several (``"3 seeds: sd 0.012, 0.500–0.530"``: standard deviation and
+        range of its per-seed means), e.g. a newline for terminals.
     """
     s = summary[summary["category"] == category] if "category" in summary else summary
     if metrics is None:
@@ -132,5 +159,13 @@ def format_table(
         )
         if win_rates and np.isfinite(row["reference_win_rate"]):
             text += f"{separator}win {100 * row['reference_win_rate']:.0f}%"
+            if np.isfinite(row.get("reference_p_value", np.nan)):
+                text += f", {_fmt_p(row['reference_p_value'])}"
+        n_seeds = row.get("n_seeds", np.nan)
+        if np.isfinite(n_seeds) and n_seeds > 1:
+            text += (
+                f"{separator}{int(n_seeds)} seeds: sd {_fmt(row['seed_sd'], digits)}, "
+                f"{_fmt(row['seed_min'], digits)}–{_fmt(row['seed_max'], digits)}"
+            )
         table.loc[row["metric"], row["method"]] = text
     return table.fillna("")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -89,6 +90,13 @@ class RunSettings:
     likelihood: str = "gaussian"
     #: layer of the folds' AnnData holding the raw counts ("nb"); None: no counts kept
     counts_layer: str | None = None
+    #: SCCVAE variants are trained with seeds seed, seed + 1, ..., seed + n_seeds - 1
+    n_seeds: int = 1
+
+    @property
+    def sccvae_seeds(self) -> tuple[int, ...]:
+        """Seeds of every SCCVAE variant (the data, splits and baselines keep ``seed``)."""
+        return tuple(self.seed + i for i in range(self.n_seeds))
 
 
 @dataclass
@@ -159,6 +167,7 @@ def run_benchmark(
     folds: Sequence[int] | None = None,
     likelihood: str | None = None,
     obs_filter: str | None = None,
+    n_seeds: int = 1,
 ) -> BenchmarkResult:
     """Benchmark SCCVAE and baselines on held-out perturbations.
 
@@ -252,6 +261,15 @@ def run_benchmark(
         read or anything is split, e.g. ``"grna_max_frac >= 0.8"`` (a clean gRNA
         assignment). An expression that fails on ``obs`` is a BenchmarkInputError; one that
         removes every control cell is the no-control-cells error.
+    n_seeds
+        Train every SCCVAE variant with this many seeds: ``seed``, ``seed + 1``, ... (model
+        initialisation, training minibatches and predicted cells; the data, the splits, the
+        baselines and the scoring keep ``seed``). Each perturbation's metrics are averaged
+        over the seeds (a seed whose metric is NaN is left out of that average) and these
+        averages are what ``results``, the bootstrap intervals, the win rates and the
+        paired tests use; ``seed_results`` keeps the per-seed scores and the summary gains
+        the spread across seeds of each variant's per-seed means (``n_seeds``, ``seed_sd``,
+        ``seed_min``, ``seed_max``). Default 1: one seed, as before.
 
     Returns
     -------
@@ -280,6 +298,9 @@ def run_benchmark(
         raise BenchmarkInputError(f"`max_epochs` must be at least 1, got {max_epochs}.")
     if int(n_cells) < 2:
         raise BenchmarkInputError(f"`n_cells` must be at least 2, got {n_cells}.")
+    if isinstance(n_seeds, bool) or int(n_seeds) != n_seeds or int(n_seeds) < 1:
+        raise BenchmarkInputError(f"`n_seeds` must be a positive integer, got {n_seeds!r}.")
+    n_seeds = int(n_seeds)
     if split == "unseen" and int(n_folds) < 2:
         raise BenchmarkInputError(f"`n_folds` must be at least 2, got {n_folds}.")
     if likelihood is not None and likelihood not in LIKELIHOODS:
@@ -302,6 +323,11 @@ def run_benchmark(
     for reserved in ("max_epochs", "train_indices", "validation_indices"):
         if reserved in train_kwargs:
             raise BenchmarkInputError(f"`train_kwargs` may not set {reserved!r}.")
+    if n_seeds > 1 and "seed" in model_kwargs:
+        raise BenchmarkInputError(
+            "`model_kwargs` may not set 'seed' with n_seeds > 1: SCCVAE's seeds are `seed`, "
+            "`seed + 1`, ... (pass run_benchmark(seed=...))."
+        )
 
     adata, data_description = _input_data(
         adata, data, dataset, seed, split, simulate_kwargs, scenario
@@ -386,6 +412,7 @@ def run_benchmark(
         measured_targets=tuple(t for t in all_targets if t in genes),
         likelihood=likelihood,
         counts_layer=COUNTS_LAYER if keep_counts else None,
+        n_seeds=n_seeds,
     )
     config: dict[str, Any] = {
         "command": command,
@@ -399,6 +426,8 @@ def run_benchmark(
         "methods": method_list,
         "reference": reference,
         "seed": int(seed),
+        "n_seeds": n_seeds,
+        "sccvae_seeds": list(settings.sccvae_seeds) if has_sccvae else [],
         "max_epochs": "model default (~3,000 steps)" if max_epochs is None else int(max_epochs),
         "n_cells": int(n_cells),
         "n_de_genes": int(n_de_genes),
@@ -426,8 +455,10 @@ def run_benchmark(
     )
 
     rows: list[pd.DataFrame] = []
+    seed_rows: list[pd.DataFrame] = []
     training_rows: list[dict[str, Any]] = []
     deltas: dict[str, list[pd.DataFrame]] = {m: [] for m in [*method_list, "observed"]}
+    fits_per_fold = sum(n_seeds if REGISTRY[m].is_sccvae else 1 for m in method_list)
     with (
         cpu_threads(n_threads),
         quiet_lightning(True),
@@ -436,14 +467,19 @@ def run_benchmark(
     ):
         # expected in this setting: test perturbations are never predicted by all methods
         warnings.filterwarnings("ignore", message=".*observed perturbation.*no prediction.*")
-        overall = bars.add("Benchmark", len(splits) * len(method_list))
+        overall = bars.add("Benchmark", len(splits) * fits_per_fold)
         for index, split_ in zip(fold_ids, splits, strict=True):
             fold = Fold.from_split(index, split_, work, design)
-            rows += _run_fold(fold, settings, bars, overall, notes, training_rows, deltas)
+            rows += _run_fold(
+                fold, settings, bars, overall, notes, training_rows, deltas, seed_rows
+            )
 
     results = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+    seed_results = pd.concat(seed_rows, ignore_index=True) if seed_rows else pd.DataFrame()
     scored = _common_perturbations(results, notes)
     summary = _summaries(scored, method_list, reference, metrics, seed)
+    if n_seeds > 1:
+        summary = _with_seed_spread(summary, scored, seed_results, metrics)
     result = BenchmarkResult(
         results=results,
         summary=summary,
@@ -453,6 +489,7 @@ def run_benchmark(
         notes=notes,
         wall_time_s=time.perf_counter() - start,
         deltas={m: pd.concat(v) if v else pd.DataFrame() for m, v in deltas.items()},
+        seed_results=seed_results,
     )
     if out is not None:
         from ._report import write_outputs
@@ -733,8 +770,13 @@ def _run_fold(
     notes: list[str],
     training_rows: list[dict[str, Any]],
     deltas: dict[str, list[pd.DataFrame]],
+    seed_rows: list[pd.DataFrame],
 ) -> list[pd.DataFrame]:
-    """Fit, predict and score every method on one fold."""
+    """Fit, predict and score every method on one fold.
+
+    Returns one score table per method; an SCCVAE variant's is averaged over its seeds, whose
+    own tables (with a ``seed`` column) are added to ``seed_rows``.
+    """
     key, control = settings.perturbation_key, settings.control_label
     test_perts = list(fold.split.test_perturbations)
     pca = fit_pca(fold.train_cells, seed=settings.seed)
@@ -754,45 +796,90 @@ def _run_fold(
     out = []
     scoring_cache: dict = {}  # control ranks and observed DE genes, shared by the methods
     for method in settings.methods:
-        bars.advance(overall, 0, description=f"Benchmark [{fold.name}: {method}]")
-        fitted = fit_method(method, fold, settings, bars)
-        pred, failed = fitted.predict(test_perts)
-        if fitted.info is not None:
-            training_rows.append({"method": method, "fold": fold.index, **fitted.info})
-        if failed:
-            msg = (
-                f"{method} ({fold.name}) cannot represent {len(failed)} of {len(test_perts)} "
-                f"test perturbation(s) (targets without embedding), not scored: {failed[:8]}"
+        is_sccvae = REGISTRY[method].is_sccvae
+        seeds = settings.sccvae_seeds if is_sccvae else (settings.seed,)
+        tables, method_deltas = [], []
+        for model_seed in seeds:
+            several = len(seeds) > 1
+            label = f"{method}, seed {model_seed}" if several else method
+            bars.advance(overall, 0, description=f"Benchmark [{fold.name}: {label}]")
+            # the fit's own seed: SCCVAE's initialisation, minibatches and predicted cells
+            fit_settings = dataclasses.replace(settings, seed=model_seed)
+            fitted = fit_method(method, fold, fit_settings, bars)
+            pred, failed = fitted.predict(test_perts)
+            if fitted.info is not None:
+                seed_column = {"seed": model_seed} if several else {}
+                training_rows.append(
+                    {"method": method, "fold": fold.index, **seed_column, **fitted.info}
+                )
+            if failed:
+                msg = (
+                    f"{method} ({fold.name}) cannot represent {len(failed)} of "
+                    f"{len(test_perts)} test perturbation(s) (targets without embedding), not "
+                    f"scored: {failed[:8]}"
+                )
+                if msg not in notes:  # the same for every seed
+                    logger.warning(msg)
+                    notes.append(msg)
+            if pred is not None:
+                table = evaluate(
+                    pred,
+                    fold.test,
+                    fold.train_cells,
+                    perturbation_key=key,
+                    control_label=control,
+                    combination_delimiter=settings.combination_delimiter,
+                    n_de_genes=settings.n_de_genes,
+                    training_perturbation_mean=pert_mean,
+                    pca=pca,
+                    seed=settings.seed,
+                    cache=scoring_cache,
+                    design=fold.test_design,
+                ).reset_index()
+                table.insert(0, "fold", fold.index)
+                table.insert(0, "method", method)
+                categories = [fold.split.categories.get(p, "all") for p in table["perturbation"]]
+                table.insert(3, "category", categories)
+                tables.append((model_seed, table))
+                # predictions carry canonical labels: looked up in the run's design, not parsed
+                pred_design = fold.test_design.with_labels(perturbation_labels(pred.obs, key))
+                delta = _mean_delta(pred, pred_design, control_mean)
+                delta.index = pd.MultiIndex.from_product([[fold.index], delta.index])
+                method_deltas.append(delta)
+            bars.advance(overall, 1)
+        if len(seeds) > 1:
+            seed_rows += [_with_seed(table, model_seed) for model_seed, table in tables]
+        if tables:
+            scores = [table for _, table in tables]
+            out.append(scores[0] if len(seeds) == 1 else _average_over_seeds(scores))
+            deltas[method].append(
+                method_deltas[0]
+                if len(method_deltas) == 1
+                else pd.concat(method_deltas).groupby(level=[0, 1], sort=False).mean()
             )
-            logger.warning(msg)
-            notes.append(msg)
-        if pred is not None:
-            table = evaluate(
-                pred,
-                fold.test,
-                fold.train_cells,
-                perturbation_key=key,
-                control_label=control,
-                combination_delimiter=settings.combination_delimiter,
-                n_de_genes=settings.n_de_genes,
-                training_perturbation_mean=pert_mean,
-                pca=pca,
-                seed=settings.seed,
-                cache=scoring_cache,
-                design=fold.test_design,
-            ).reset_index()
-            table.insert(0, "fold", fold.index)
-            table.insert(0, "method", method)
-            categories = [fold.split.categories.get(p, "all") for p in table["perturbation"]]
-            table.insert(3, "category", categories)
-            out.append(table)
-            # predictions carry canonical labels: looked up in the run's design, not parsed
-            pred_design = fold.test_design.with_labels(perturbation_labels(pred.obs, key))
-            delta = _mean_delta(pred, pred_design, control_mean)
-            delta.index = pd.MultiIndex.from_product([[fold.index], delta.index])
-            deltas[method].append(delta)
-        bars.advance(overall, 1)
     return out
+
+
+def _with_seed(table: pd.DataFrame, model_seed: int) -> pd.DataFrame:
+    """Return a copy of a score table with a ``seed`` column after ``fold``."""
+    table = table.copy()
+    table.insert(2, "seed", model_seed)
+    return table
+
+
+def _average_over_seeds(tables: list[pd.DataFrame]) -> pd.DataFrame:
+    """One score table from one per seed: each perturbation's metrics averaged over seeds.
+
+    A seed whose metric is NaN is left out of that perturbation's average (NaN only where
+    every seed's is); the other columns (counts of cells and genes...) are the first seed's
+    that scored the perturbation.
+    """
+    stacked = pd.concat(tables, ignore_index=True)
+    metrics = [c for c in stacked.columns if c in METRICS]
+    grouped = stacked.groupby("perturbation", sort=False)
+    averaged = grouped.first()
+    averaged[metrics] = grouped[metrics].mean()
+    return averaged.reset_index()[list(tables[0].columns)]
 
 
 def _common_perturbations(results: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
@@ -842,3 +929,41 @@ def _summaries(
         s.insert(0, "category", category)
         frames.append(s)
     return pd.concat(frames, ignore_index=True)
+
+
+def _with_seed_spread(
+    summary: pd.DataFrame, scored: pd.DataFrame, seed_results: pd.DataFrame, metrics: list[str]
+) -> pd.DataFrame:
+    """Add the spread across seeds of each SCCVAE variant's per-seed mean to the summary.
+
+    Per (category, method, metric): ``n_seeds`` (seeds with a defined mean), the standard
+    deviation (``seed_sd``, ddof 1) and range (``seed_min``, ``seed_max``) of the per-seed
+    means over the summarised perturbations (those of ``scored``). NaN for the baselines.
+    """
+    columns = ["n_seeds", "seed_sd", "seed_min", "seed_max"]
+    if summary.empty or seed_results.empty:
+        return summary.assign(**{c: np.nan for c in columns})
+    keys = ["method", "fold", "perturbation"]
+    shared = seed_results.merge(scored[keys].drop_duplicates(), on=keys, how="inner")
+    categories = list(dict.fromkeys(summary["category"]))
+    rows = []
+    for category in categories:
+        sub = shared if category == "all" else shared[shared["category"] == category]
+        for method, per_method in sub.groupby("method", sort=False):
+            # mean over perturbations of each seed (NaN scores skipped, as in summarize)
+            per_seed = per_method.groupby("seed")[[m for m in metrics if m in sub]].mean()
+            for metric in per_seed.columns:
+                values = per_seed[metric].dropna()
+                rows.append(
+                    {
+                        "category": category,
+                        "method": method,
+                        "metric": metric,
+                        "n_seeds": int(values.size),
+                        "seed_sd": float(values.std(ddof=1)) if values.size > 1 else np.nan,
+                        "seed_min": float(values.min()) if values.size else np.nan,
+                        "seed_max": float(values.max()) if values.size else np.nan,
+                    }
+                )
+    spread = pd.DataFrame(rows, columns=["category", "method", "metric", *columns])
+    return summary.merge(spread, on=["category", "method", "metric"], how="left")

@@ -9,7 +9,8 @@ in :mod:`sccvae.baselines` and any external model can be scored the same way:
 
 :func:`evaluate` returns one row per perturbation and one column per metric (see
 :data:`METRICS`); :func:`summarize` averages them per method with bootstrap confidence
-intervals and paired win rates against a reference method.
+intervals, paired win rates and paired Wilcoxon signed-rank tests (:func:`paired_test`)
+against a reference method.
 
 Conventions
 -----------
@@ -46,13 +47,14 @@ Conventions
 from ._core import mean_of_perturbation_means, pearson
 from ._distribution import energy_distance, fit_pca, mmd
 from ._evaluate import METRICS, evaluate
-from ._summary import summarize, win_rate
+from ._summary import paired_test, summarize, win_rate
 
 __all__ = [
     "METRICS",
     "evaluate",
     "summarize",
     "win_rate",
+    "paired_test",
     "fit_pca",
     "mean_of_perturbation_means",
     "energy_distance",
