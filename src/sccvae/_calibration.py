@@ -100,13 +100,12 @@ def calibrate_training_targets(
     z, cells = reference_cells(module, expression, control_rows, n_cells, seed)
     weights = module.label_targets[torch.as_tensor(labels, device=device)]  # labels x targets
     trained = weights.sum(dim=0) > 0  # targets with training cells (all of them, normally)
-    floor = (module.expression_floor - module.gene_center) / module.gene_scale
 
     module.target_residual.zero_()
     module.target_correction.zero_()
-    before = _structural_changes(module, z, cells, weights, floor)
+    before = _structural_changes(module, z, cells, weights)
     corrected, after = _fit_corrections(
-        module, z, cells, weights, observed, floor, trained, ridge,
+        module, z, cells, weights, observed, trained, ridge,
         correction_steps, correction_cells,
     )  # fmt: skip
     module.train(was_training)
@@ -222,7 +221,7 @@ def _observed_changes(model, train_idx: np.ndarray, significance: bool = False):
 
 
 def _fit_corrections(
-    module, z, cells, weights, observed, floor, trained, ridge, correction_steps,
+    module, z, cells, weights, observed, trained, ridge, correction_steps,
     correction_cells,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Fit the latent corrections, then the residuals, at the module's decrease bound.
@@ -240,9 +239,8 @@ def _fit_corrections(
         bound = module.decrease_bound / module.gene_scale
         corrected, gaps, slopes = [], [], []
         for drive, target in zip(_cell_changes(module, z, weights), observed, strict=True):
-            shifted = cells + module.saturate(drive, module.gene_scale)
-            corrected.append(torch.maximum(shifted, floor).mean(dim=0) - base)
-            gap = _censored_shift(cells, drive, base, target, floor, bound)
+            corrected.append(module.realise(cells, drive).mean(dim=0) - base)
+            gap = fitted_gap(module, cells, drive, target)
             gaps.append(gap)
             # how much the label's mean change still moves with its gap: ~0 far out on the
             # flat part of the bound
@@ -253,7 +251,7 @@ def _fit_corrections(
             ridge,
         )  # fmt: skip
         module.target_residual.copy_((residual * trained[:, None]).float())
-        after = _structural_changes(module, z, cells, weights, floor, residual=True)
+        after = _structural_changes(module, z, cells, weights, residual=True)
     return corrected, after
 
 
@@ -315,16 +313,28 @@ def _cell_changes(module, z: torch.Tensor, weights: torch.Tensor, residual: bool
 
 
 @torch.no_grad()
-def _structural_changes(module, z, cells, weights, floor, residual: bool = False) -> torch.Tensor:
-    """Mean predicted change of every row of ``weights``: cells shifted, clipped at the floor."""
+def _structural_changes(module, z, cells, weights, residual: bool = False) -> torch.Tensor:
+    """Mean predicted change of every row of ``weights``, cells moved as predictions are."""
     base = cells.mean(dim=0)
     return torch.stack(
         [
-            torch.maximum(cells + module.saturate(change, module.gene_scale), floor).mean(dim=0)
-            - base
+            module.realise(cells, change).mean(dim=0) - base
             for change in _cell_changes(module, z, weights, residual)
         ]
     )
+
+
+def fitted_gap(
+    module, cells: torch.Tensor, drive: torch.Tensor, target: torch.Tensor
+) -> torch.Tensor:
+    """Gene-wise shift that, added to ``drive``, moves the cells' mean by ``target``.
+
+    Cells move as :meth:`~sccvae._module.SCCVAEModule.realise` moves them, through the
+    decrease bound and the expression floor (see :func:`_censored_shift`).
+    """
+    floor = (module.expression_floor - module.gene_center) / module.gene_scale
+    bound = module.decrease_bound / module.gene_scale
+    return _censored_shift(cells, drive, cells.mean(dim=0), target, floor, bound)
 
 
 def _fit_latent_corrections(

@@ -8,22 +8,19 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scvi.distributions import NegativeBinomial
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from scvi.nn import Encoder, FCLayers
 from torch import nn
 from torch.distributions import Normal, kl_divergence
 
 from ._constants import REGISTRY_KEYS
-from ._losses import mmd_rbf
+from ._losses import NB_SCALE_FACTOR, expected_counts, mmd_rbf, negative_binomial_nll
 from ._scm import LatentSCM
 
 logger = logging.getLogger(__name__)
 
 Likelihood = Literal["gaussian", "nb"]
 
-# Counts are put on a log scale of this many counts per cell (log-normalised expression).
-_NB_SCALE_FACTOR = 1e4
 
 
 class SCCVAEModule(BaseModuleClass):
@@ -294,6 +291,14 @@ class SCCVAEModule(BaseModuleClass):
         """
         return saturate(change, self.decrease_bound / scale)
 
+    def realise(self, cells: torch.Tensor, change: torch.Tensor) -> torch.Tensor:
+        """Standardised cells moved by a standardised change, as counterfactuals move them.
+
+        Decreases saturate (:meth:`saturate`) and cells are clipped at the expression floor.
+        """
+        floor = (self.expression_floor - self.gene_center) / self.gene_scale
+        return torch.maximum(cells + self.saturate(change, self.gene_scale), floor)
+
     def training_targets(self) -> dict[str, torch.Tensor]:
         """Return the description of the training targets that :meth:`shift` uses by default."""
         return {
@@ -340,7 +345,7 @@ class SCCVAEModule(BaseModuleClass):
     def log_expression(self, x: torch.Tensor) -> torch.Tensor:
         """Return the cells' expression on the log-normalised scale (counts normalised first)."""
         if self.likelihood == "nb":
-            return torch.log1p(_NB_SCALE_FACTOR * x / x.sum(dim=1, keepdim=True).clamp_min(1.0))
+            return torch.log1p(NB_SCALE_FACTOR * x / x.sum(dim=1, keepdim=True).clamp_min(1.0))
         return x
 
     def standardize(self, x: torch.Tensor) -> torch.Tensor:
@@ -446,28 +451,36 @@ class SCCVAEModule(BaseModuleClass):
     def expression_mean(self, decoded: torch.Tensor, library: torch.Tensor | None) -> torch.Tensor:
         """Decode to expression in the input's space (log-normalised values or expected counts)."""
         if self.likelihood == "nb":
-            return _counts(decoded, library)
+            return expected_counts(decoded, library)
         return decoded.clamp_min(self.expression_floor)
 
     def abduct(
-        self, source: torch.Tensor, prediction: torch.Tensor, control_prediction: torch.Tensor
+        self,
+        source: torch.Tensor,
+        prediction: torch.Tensor,
+        control_prediction: torch.Tensor,
+        log_normalized: bool = False,
     ) -> torch.Tensor:
         """Counterfactual of an observed control cell that keeps its own residual.
 
         With ``x = g(u0) + noise`` the counterfactual under the intervention is ``g(u) + noise``
         = ``x + g(u) - g(u0)`` (abduction of the observation noise), clipped at the
         expression floor. For ``"nb"`` the same is done on the cell's log-normalised
-        expression (``log1p(1e4 x / library)``, floored at zero) and turned back into counts
-        at the cell's library size: the predicted change is then the change of the
-        log-normalised expression that the calibration fitted and the evaluation measures
-        (scaling a cell's counts instead cannot move a gene it has no count of, so a sparse
-        gene's mean would move far less than predicted). The counts are not integers.
+        expression (``log1p(1e4 x / library)``, floored at zero): the predicted change is then
+        the change of the log-normalised expression that the calibration fitted and the
+        evaluation measures (scaling a cell's counts instead cannot move a gene it has no count
+        of, so a sparse gene's mean would move far less than predicted). It is returned as
+        counts at the cell's library size (not integers), or with ``log_normalized`` as the
+        log-normalised counterfactual itself: log-normalising the counts again, on their new
+        total, moves every gene of a cell whose total changed.
         """
         if self.likelihood == "nb":
             library = source.sum(dim=1, keepdim=True).clamp_min(1.0)
-            logged = torch.log1p(_NB_SCALE_FACTOR * source / library)
+            logged = torch.log1p(NB_SCALE_FACTOR * source / library)
             moved = (logged + prediction - control_prediction).clamp_min(0.0)
-            return torch.expm1(moved) * library / _NB_SCALE_FACTOR
+            if log_normalized:
+                return moved
+            return torch.expm1(moved) * library / NB_SCALE_FACTOR
         return (source + prediction - control_prediction).clamp_min(self.expression_floor)
 
     def loss(
@@ -545,9 +558,7 @@ class SCCVAEModule(BaseModuleClass):
                 self.standardize(observed),
                 reduction="none",
             ).mean(dim=1)
-        library = observed.sum(dim=1, keepdim=True)
-        nb = NegativeBinomial(mu=_counts(decoded, library), theta=self.log_dispersion.exp())
-        return -nb.log_prob(observed).mean(dim=1)
+        return negative_binomial_nll(decoded, observed, self.log_dispersion)
 
     @torch.inference_mode()
     def sample(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -571,15 +582,3 @@ def saturate(change: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
         return change
     saturating = torch.isfinite(bound) & (change < 0)
     return torch.where(saturating, bound * torch.tanh(change / bound), change)
-
-
-def _counts(log_expression: torch.Tensor, library: torch.Tensor | None) -> torch.Tensor:
-    """Return expected counts of log-normalised expression at a library size (1e4 if None).
-
-    ``log1p`` is inverted through a sharp softplus (decoded values below zero give small
-    positive rates, with a gradient) and the rates are normalised to sum to the library
-    size, as scVI's decoder does.
-    """
-    rates = torch.expm1(F.softplus(log_expression, beta=10.0)).clamp_min(1e-8)
-    proportions = rates / rates.sum(dim=-1, keepdim=True)
-    return proportions * (_NB_SCALE_FACTOR if library is None else library)

@@ -13,7 +13,7 @@ import scipy.sparse as sp
 import torch
 
 from ._borrowing import borrowing_weights, control_signatures, similarities
-from ._calibration import _censored_shift, reference_cells
+from ._calibration import fitted_gap, reference_cells
 from ._inputs import CHUNK, check_model_genes, dense, log_normalize
 from ._interventions import build_intervention, unseen_magnitude
 from ._perturbations import canonical, check_control_label, perturbation_labels
@@ -33,6 +33,7 @@ class PredictionMixin:
         return_mean: bool = False,
         seed: int | None = None,
         counterfactual: bool = True,
+        log_normalized: bool = False,
     ) -> ad.AnnData:
         """Predict cells under seen, unseen or combined perturbations.
 
@@ -61,10 +62,18 @@ class PredictionMixin:
         counterfactual
             Predict each source cell's counterfactual: the cell keeps its own deviation from
             the model's reconstruction, ``x + g(u) - g(u0)`` with one draw of ``z`` from its
-            posterior shared by both terms (for ``"nb"``, its counts scaled by
-            ``g(u) / g(u0)``). Cells then vary as real cells do, and the model's
-            reconstruction error does not enter the predicted change. ``False`` returns
-            decoder outputs ``g(u)`` for ``z`` sampled from the posterior.
+            posterior shared by both terms (for ``"nb"``, on the cell's log-normalised
+            expression, see :meth:`~sccvae.SCCVAEModule.abduct`). Cells then vary as real
+            cells do, and the model's reconstruction error does not enter the predicted
+            change. ``False`` returns decoder outputs ``g(u)`` for ``z`` sampled from the
+            posterior.
+        log_normalized
+            For ``likelihood="nb"``: return the cells' log-normalised expression
+            (``normalize_total(1e4)`` + ``log1p``), the scale their counterfactuals are made
+            on, instead of counts. Log-normalising the predicted counts yourself moves every
+            gene of a cell whose total the perturbation changed, a second time: compare
+            predictions with log-normalised observed cells on this scale. No effect for
+            ``"gaussian"`` (``X`` already holds log-normalised expression).
 
         Returns
         -------
@@ -84,7 +93,7 @@ class PredictionMixin:
         blocks, obs = [], []
         for row, label in enumerate(perturbations):
             cells = self._decode_intervention(
-                z, library, intervention.weights[row], intervention.targets, source
+                z, library, intervention.weights[row], intervention.targets, source, log_normalized
             )
             blocks.append(cells.cpu().numpy())
             obs.append(
@@ -274,15 +283,12 @@ class PredictionMixin:
         control, _ = self._control_expression(self.adata)
         rows = np.arange(control.shape[0])
         z, cells = reference_cells(module, control, rows, n_cells, self.seed_)
-        base = cells.mean(dim=0)
-        floor = (module.expression_floor - module.gene_center) / module.gene_scale
-        bound = module.decrease_bound / module.gene_scale
         reference = module._standardized_prediction(module.decode(module.scm(z)))
         residuals = []
         for shift, target in zip(shifts, wanted, strict=True):
             shifted = module.decode(module.scm(z, shift.expand_as(z)))
             drive = module._standardized_prediction(shifted) - reference
-            residuals.append(_censored_shift(cells, drive, base, target, floor, bound))
+            residuals.append(fitted_gap(module, cells, drive, target))
         return torch.stack(residuals)
 
     def _label_columns(self, rows: torch.Tensor) -> list[list[int]]:
@@ -357,8 +363,13 @@ class PredictionMixin:
             x_parts.append(x)
         return torch.cat(z_parts), torch.cat(library_parts), names[rows], torch.cat(x_parts)
 
-    def _decode_intervention(self, z, library, weights_row, targets, source=None) -> torch.Tensor:
-        """Predicted cells under one intervention; with ``source`` cells, their counterfactuals."""
+    def _decode_intervention(
+        self, z, library, weights_row, targets, source=None, log_normalized: bool = False
+    ) -> torch.Tensor:
+        """Predicted cells under one intervention; with ``source`` cells, their counterfactuals.
+
+        ``log_normalized``: on the log-normalised scale rather than the input's (counts).
+        """
         out = []
         for start in range(0, z.shape[0], CHUNK):
             z_chunk = z[start : start + CHUNK]
@@ -369,15 +380,17 @@ class PredictionMixin:
                 targets=targets,
             )
             if source is None:
-                out.append(self.module.expression_mean(outputs["prediction"], outputs["library"]))
+                cells = self.module.expression_mean(outputs["prediction"], outputs["library"])
+                if log_normalized:
+                    cells = self.module.log_expression(cells)
             else:
-                out.append(
-                    self.module.abduct(
-                        source[start : start + CHUNK],
-                        outputs["prediction"],
-                        outputs["control_prediction"],
-                    )
+                cells = self.module.abduct(
+                    source[start : start + CHUNK],
+                    outputs["prediction"],
+                    outputs["control_prediction"],
+                    log_normalized=log_normalized,
                 )
+            out.append(cells)
         return torch.cat(out)
 
     def _cells_to_anndata(

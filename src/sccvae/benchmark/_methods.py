@@ -117,7 +117,6 @@ def _history_summary(model) -> dict[str, Any]:
 
 def _fit_sccvae(fold: Fold, settings: RunSettings, progress, name: str) -> Fitted:
     from sccvae import SCCVAE
-    from sccvae.data import log_normalize_counts
 
     kwargs = {**DEFAULT_MODEL_KWARGS, **settings.model_kwargs, **REGISTRY[name].model_kwargs}
     kwargs.setdefault("seed", settings.seed)
@@ -159,16 +158,17 @@ def _fit_sccvae(fold: Fold, settings: RunSettings, progress, name: str) -> Fitte
     info["propagation_weight"] = model.propagation_weight_
 
     def predict(labels: list[str]) -> AnnData:
-        pred = model.predict(
-            labels, n_cells=settings.n_cells, adata=fold.train_cells, seed=settings.seed
+        # every method is scored on the run's log-normalisation: "nb" makes its
+        # counterfactuals on that scale (each source cell's counts log-normalised on their own
+        # total, as the run's recipe does) and returns them there, rather than as counts that
+        # a second log-normalisation would move again wherever a cell's total changed
+        return model.predict(
+            labels,
+            n_cells=settings.n_cells,
+            adata=fold.train_cells,
+            seed=settings.seed,
+            log_normalized=likelihood == "nb",
         )
-        if likelihood == "nb":
-            # "nb" predicts counts; every method is scored on the run's log-normalisation,
-            # each predicted cell on its own total as each observed cell is. A source control
-            # cell's log-normalised X (its obs["control_cell"] reference in the scoring) is
-            # the same recipe applied to the counts the model started from.
-            pred.X = log_normalize_counts(pred.X)
-        return pred
 
     return Fitted(predict, info)
 
