@@ -214,6 +214,29 @@ def test_negative_binomial_on_counts():
     np.testing.assert_allclose(pred.X[:50].sum(axis=1), library, rtol=1e-3)
 
 
+def test_negative_binomial_counterfactuals_are_made_on_the_log_normalised_scale():
+    adata = make_toy_adata(counts=True)
+    SCCVAE.setup_anndata(adata)
+    model = SCCVAE(adata, n_latent=8, n_hidden=32, likelihood="nb")
+    model.train(max_epochs=2, enable_progress_bar=False)
+    logged = model.predict(["g0", "control"], n_cells=40, seed=0, log_normalized=True)
+    counts = model.predict(["g0", "control"], n_cells=40, seed=0)
+    source = adata[logged.obs["control_cell"].to_numpy()[:40]].X.toarray()
+    library = source.sum(axis=1, keepdims=True)
+    # the control label's counterfactual is the source cell, on its log-normalised scale
+    np.testing.assert_allclose(logged.X[40:], np.log1p(1e4 * source / library), atol=1e-4)
+    # counts are that counterfactual at the source cell's library size
+    np.testing.assert_allclose(
+        counts.X[:40], np.expm1(logged.X[:40]) * library / 1e4, rtol=1e-4, atol=1e-4
+    )
+    # changes are added on that scale, not as a fold change of the counts: a gene a cell has
+    # no count of can rise
+    change = logged.X[:40] - logged.X[40:]
+    rising = (change > 0.05).any(axis=0)
+    assert np.any((source == 0) & rising[None, :] & (logged.X[:40] > 0))
+    assert np.all(logged.X >= 0)
+
+
 def test_bad_input_errors_name_the_problem(toy_adata):
     with pytest.raises(KeyError, match="condition"):
         SCCVAE.setup_anndata(toy_adata, perturbation_key="condition")

@@ -32,7 +32,6 @@ from ._data import (
     _looks_like_counts,
     _make_splits,
     _onehot_embedding,
-    _with_onehot,
     _working_copy,
     load_data,
 )
@@ -176,13 +175,14 @@ def run_benchmark(
     once by the run (``normalize_total(target_sum=1e4)`` + ``log1p``, each cell on its own
     total): every baseline is fitted and every method scored on that. SCCVAE keeps the counts
     with its negative binomial likelihood (``likelihood="nb"``, the default on counts) and
-    its predicted counts are log-normalised the same way before scoring.
+    makes its predictions on that log-normalised scale
+    (:meth:`~sccvae.SCCVAE.predict` with ``log_normalized=True``).
 
     **Unseen split.** Test folds are drawn only among the perturbations *eligible* for
     testing: those whose every target every method of the run can represent unseen (for the
     default methods: measured genes, in ``var_names``, or genes of a DataFrame
     ``model_kwargs["perturbation_embedding"]``). The others (e.g. knock-outs of unmeasured
-    genes) are in the training set of every fold; SCCVAE represents the targets it can
+    genes) are in the training set of every fold; SCCVAE learns the targets it can
     neither make latent nodes of nor embed one-hot, and the baselines that embed targets
     leave those they cannot embed out of their fit. With fewer than
     ``2 * n_folds`` eligible perturbations, each is tested in its own fold (leave-one-out).
@@ -554,8 +554,8 @@ def _expression_plan(likelihood: str | None, counts: bool) -> tuple[str, dict[st
         return likelihood, {
             "input": "raw counts in X (non-negative integers)",
             "normalisation": f"{NORMALISATION}, computed by the benchmark from the counts; "
-            "baselines are fitted and all methods scored on it (SCCVAE's nb predictions "
-            "log-normalised the same way)",
+            "baselines are fitted and all methods scored on it (SCCVAE's nb counterfactuals "
+            "are made on it)",
             "nb": "the raw counts (negative binomial)",
             "gaussian": "the benchmark's log-normalisation of the counts (Gaussian)",
         }
@@ -590,9 +590,8 @@ def _unseen_targets(
     A perturbation is eligible for testing when every method of the run can represent each
     of its targets without having seen it; ``None`` means all are. The others always train.
     The third value is, per method, the targets it can represent (``None``: any).
-    ``model_kwargs`` is updated for SCCVAE where it needs one-hot rows for training targets
-    that neither its nodes nor its embedding cover. Raises a BenchmarkInputError when no
-    perturbation is eligible.
+    SCCVAE learns the training targets that neither its nodes nor its embedding cover
+    one-hot by itself. Raises a BenchmarkInputError when no perturbation is eligible.
     """
     user_embedding = model_kwargs.get("perturbation_embedding")
     frame = user_embedding if isinstance(user_embedding, pd.DataFrame) else None
@@ -628,15 +627,8 @@ def _unseen_targets(
         else:
             covers[name] = None
     sccvae = [m for m in method_list if REGISTRY[m].is_sccvae]
-    # training targets SCCVAE can neither make nodes nor embed: it represents them one-hot
+    # training targets SCCVAE can neither make nodes nor embed: it learns them one-hot
     uncovered = sorted({t for m in sccvae for t in all_targets if t not in covers[m]})
-    if uncovered:
-        if frame is not None:
-            model_kwargs["perturbation_embedding"] = _with_onehot(frame, uncovered)
-        else:
-            model_kwargs["perturbation_embedding"] = "onehot"
-            for name in sccvae:  # one-hot represents seen targets only; nodes stay
-                covers[name] = set(genes) if gene_nodes(name) else set()
 
     limits = [c for c in covers.values() if c is not None]
     eligible = [
@@ -663,8 +655,8 @@ def _unseen_targets(
     )
     if uncovered:
         notes.append(
-            f"SCCVAE represents {len(uncovered)} training target(s) one-hot (not measured, "
-            f"not embedded): {uncovered[:10]}{' ...' if len(uncovered) > 10 else ''}."
+            f"SCCVAE learns {len(uncovered)} training target(s) one-hot (not measured, not "
+            f"embedded; seen only): {uncovered[:10]}{' ...' if len(uncovered) > 10 else ''}."
         )
     dropping = [m for m in needs_embedding if not REGISTRY[m].is_sccvae]
     if dropping and any(t not in embedded for p in always_train for t in design.targets(p)):
@@ -711,8 +703,8 @@ def _target_embedding(
 ) -> pd.DataFrame | None:
     """Return the embedding of the baselines of a seen or combination split.
 
-    Targets are all seen there, so where some are unmeasured, SCCVAE and the baselines that
-    take an embedding use one-hot embeddings (``model_kwargs`` is updated for SCCVAE).
+    Targets are all seen there, so where some are unmeasured, the baselines that take an
+    embedding use one-hot embeddings (SCCVAE learns such targets one-hot by itself).
     """
     user_embedding = model_kwargs.get("perturbation_embedding")
     if isinstance(user_embedding, pd.DataFrame):
@@ -731,12 +723,10 @@ def _target_embedding(
         msg = (
             f"{len(missing)} of {len(all_targets)} perturbation targets are not among "
             f"{embedding_name} (e.g. {missing[:5]}): SCCVAE and the baselines that take an "
-            "embedding use one-hot target embeddings instead (seen targets only)."
+            "embedding learn them one-hot (seen targets only)."
         )
         logger.warning(msg)
         notes.append(msg)
-        if any(REGISTRY[m].is_sccvae for m in method_list):
-            model_kwargs["perturbation_embedding"] = "onehot"
         embedding = _onehot_embedding(all_targets)
     unmeasured = [t for t in all_targets if t not in genes]
     measured_only = [m for m in method_list if REGISTRY[m].measured_only]
