@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -42,16 +44,77 @@ def expression_floor(matrix) -> float | None:
     For non-negative (e.g. ``log1p``) data no prediction goes below 0, as a knock-down cannot
     take a gene below zero counts.
     """
+    return 0.0 if _lowest(matrix) >= 0 else None
+
+
+def _lowest(matrix) -> float:
+    """Return the smallest value of a dense, sparse or backed matrix (0 when empty)."""
     if isinstance(matrix, np.ndarray | np.matrix) or sp.issparse(matrix):
         values = _values(matrix)
         lowest = float(values.min()) if values.size else 0.0
-    else:
-        rows = range(0, matrix.shape[0], CHUNK)
-        lowest = min(float(dense(matrix[i : i + CHUNK]).min()) for i in rows)
-    return 0.0 if lowest >= 0 else None
+        # a sparse matrix with implicit zeros holds 0 too
+        if sp.issparse(matrix) and values.size < np.prod(matrix.shape):
+            lowest = min(lowest, 0.0)
+        return lowest
+    rows = range(0, matrix.shape[0], CHUNK)
+    return min((float(dense(matrix[i : i + CHUNK]).min()) for i in rows), default=0.0)
+
+
+def looks_like_counts(matrix, n_check: int = 100_000) -> bool:
+    """Tell whether ``matrix`` holds raw counts: non-negative integers, some above 1.
+
+    Log-normalised values are almost never integers, so integer values mean counts; a 0 / 1
+    matrix is more likely binarised than counts and is left as it is. Only the first
+    ``n_check`` stored values are read (of the first rows, for a backed matrix).
+    """
+    if not (isinstance(matrix, np.ndarray | np.matrix) or sp.issparse(matrix)):
+        matrix = matrix[:CHUNK]
+    values = np.asarray(_values(matrix)[:n_check])
+    if values.size == 0:
+        return False
+    return bool(values.min() >= 0 and np.all(values == np.round(values)) and values.max() > 1)
+
+
+def check_expression(matrix, where: str, likelihood: str, stacklevel: int = 2) -> float | None:
+    """Check the registered expression against the likelihood; return the expression floor.
+
+    ``"nb"`` needs raw counts (a ValueError otherwise, see :func:`check_counts`) and has no
+    floor. ``"gaussian"`` models log-normalised expression: raw counts get a UserWarning
+    naming both fixes (``likelihood="nb"``, or ``normalize_total`` + ``log1p``), negative
+    (scaled) values one saying that predictions have no floor and stay on that scale.
+    ``stacklevel`` is that of the caller's caller, the user's line.
+    """
+    if likelihood == "nb":
+        check_counts(matrix, where)
+        return 0.0
+    if looks_like_counts(matrix):
+        warnings.warn(
+            f"{where} looks like raw counts (non-negative integers), but likelihood='gaussian' "
+            "models log-normalised expression: the model would fit and predict counts on a "
+            "linear scale, dominated by the most expressed genes. Either keep the counts and "
+            "use SCCVAE(adata, likelihood='nb'), or log-normalise them first "
+            "(scanpy.pp.normalize_total(adata, target_sum=1e4); scanpy.pp.log1p(adata)) and "
+            "call setup_anndata again.",
+            UserWarning,
+            stacklevel=stacklevel + 1,
+        )
+    floor = expression_floor(matrix)
+    if floor is None:
+        warnings.warn(
+            f"{where} has negative values (scaled or z-scored expression?): with "
+            "likelihood='gaussian' predictions are on that scale and have no expression floor "
+            "(a knock-down can take a gene below any observed value). For a floor at zero "
+            "and changes on the log scale, register log-normalised expression "
+            "(normalize_total + log1p, not scaled), e.g. a layer kept before scaling "
+            "(setup_anndata(adata, layer='log1p')).",
+            UserWarning,
+            stacklevel=stacklevel + 1,
+        )
+    return floor
 
 
 def check_counts(matrix, where: str) -> None:
+    """Raise a ValueError unless ``matrix`` holds non-negative integers (raw counts)."""
     for start in range(0, matrix.shape[0], CHUNK):
         values = _values(matrix[start : start + CHUNK])
         if np.any(values < 0):

@@ -24,13 +24,7 @@ from ._calibration import calibrate_training_targets, estimate_decrease_bound
 from ._constants import MODEL_DEFAULTS, REGISTRY_KEYS, TRAIN_DEFAULTS
 from ._dataloading import PerturbationDataSplitter
 from ._embedding import build_embedding
-from ._inputs import (
-    check_counts,
-    check_finite,
-    check_loadable_genes,
-    expression_floor,
-    log_normalize,
-)
+from ._inputs import check_expression, check_finite, check_loadable_genes, log_normalize
 from ._interpretation import InterpretationMixin
 from ._interventions import UNSEEN_MAGNITUDE_RULES, fit_unseen_maps
 from ._module import SCCVAEModule
@@ -219,7 +213,8 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
             control_reconstruction_weight = defaults["control_reconstruction_weight"]
         if unseen_magnitude != "auto" and unseen_magnitude not in UNSEEN_MAGNITUDE_RULES:
             raise ValueError(
-                f"unseen_magnitude must be 'auto' or in {UNSEEN_MAGNITUDE_RULES}, not {unseen_magnitude!r}."
+                f"unseen_magnitude must be 'auto' or in {UNSEEN_MAGNITUDE_RULES}, not "
+                f"{unseen_magnitude!r}."
             )
         self._unseen_magnitude = unseen_magnitude
         self.unseen_magnitude_ = "standardized" if unseen_magnitude == "auto" else unseen_magnitude
@@ -241,10 +236,10 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
         parsed = [self._parse(label) for label in labels]
         self.targets_, label_targets = target_matrix(parsed)
 
-        # counterfactuals of counts are made on their log-normalised scale, floored at zero
-        floor = 0.0 if likelihood == "nb" else expression_floor(self._expression(self.adata))
-        if likelihood == "nb":
-            check_counts(self._expression(self.adata), self._layer_description())
+        # counterfactuals of counts are made on their log-normalised scale, floored at zero;
+        # counts or scaled values under "gaussian" are warned about
+        expression = self._expression(self.adata)
+        floor = check_expression(expression, self._layer_description(), likelihood)
         control, _ = self._control_expression(self.adata)
         control = log_normalize(control) if likelihood == "nb" else control
         if latent_nodes == "genes":
@@ -286,7 +281,7 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
                 .astype(int)
             )
             magnitude = observed_own_changes(
-                self._expression(self.adata), codes, parsed, self.targets_, target_nodes, self.var_names_,
+                expression, codes, parsed, self.targets_, target_nodes, self.var_names_,
                 center, scale, counts=likelihood == "nb",
             )  # fmt: skip
         # Initial weights come from `seed` without touching the caller's global torch RNG.
@@ -322,10 +317,10 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
             )
         graph_name = graph if isinstance(graph, str) else f"user DAG ({int(mask.sum())} edges)"
         self._model_summary_string = (
-            f"SCCVAE: {mask.shape[0]} {latent_nodes} nodes, n_hidden={n_hidden}, n_layers={n_layers}, "
-            f"graph={graph_name}, likelihood={likelihood}, "
-            f"{len(self.targets_)} training targets ({int((target_nodes >= 0).sum())} node genes), "
-            f"{len(labels) - 1} perturbations."
+            f"SCCVAE: {mask.shape[0]} {latent_nodes} nodes, n_hidden={n_hidden}, "
+            f"n_layers={n_layers}, graph={graph_name}, likelihood={likelihood}, "
+            f"{len(self.targets_)} training targets ({int((target_nodes >= 0).sum())} node "
+            f"genes), {len(labels) - 1} perturbations."
         )
         self.init_params_ = self._get_init_params(locals())
 
@@ -592,4 +587,3 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
         if layer is not None and layer not in adata.layers:
             raise KeyError(f"Layer {layer!r}, used at setup, is missing from the AnnData given.")
         return adata.X if layer is None else adata.layers[layer]
-

@@ -41,20 +41,6 @@ def _as_float32(x):
     return np.asarray(x, dtype=np.float32)
 
 
-def _looks_like_counts(x, n_check: int = 100_000) -> bool:
-    """Tell whether ``x`` holds raw counts: non-negative integers, some above 1.
-
-    Log-normalised values are almost never integers, so integer values mean counts; a 0 / 1
-    matrix is more likely binarised than counts and is left as it is. Only the first
-    ``n_check`` stored values are read.
-    """
-    values = x.data if sp.issparse(x) else np.asarray(x).ravel()
-    values = np.asarray(values[:n_check])
-    if values.size == 0:
-        return False
-    return bool(values.min() >= 0 and np.all(values == np.round(values)) and values.max() > 1)
-
-
 def load_data(
     data: str | os.PathLike = "simulated",
     dataset: str | None = None,

@@ -15,6 +15,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from sccvae._inputs import looks_like_counts
 from sccvae._perturbations import (
     PerturbationDesign,
     design_of,
@@ -28,7 +29,6 @@ from ._data import (
     SPLITS,
     _describe,
     _filter_cells,
-    _looks_like_counts,
     _make_splits,
     _onehot_embedding,
     _with_onehot,
@@ -309,7 +309,7 @@ def run_benchmark(
     if obs_filter is not None:
         adata, filtered = _filter_cells(adata, obs_filter)
         data_description.update(filtered)
-    counts = _looks_like_counts(adata.X) if adata.X is not None else False
+    counts = looks_like_counts(adata.X) if adata.X is not None else False
     likelihood, expression = _expression_plan(likelihood, counts)
     data_description["expression"] = expression["input"]
     has_sccvae = any(REGISTRY[m].is_sccvae for m in method_list)

@@ -1,0 +1,78 @@
+"""A user's own data: the model says what it cannot trust, and leaves the AnnData alone."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from sccvae import SCCVAE
+
+from .conftest import make_toy_adata
+
+SMALL = dict(n_latent=8, n_hidden=16)
+
+
+def _snapshot(adata) -> dict:
+    """What a user would notice changing: X, layers, obs, var and uns keys."""
+    x = adata.X.toarray() if sp.issparse(adata.X) else np.array(adata.X)
+    return {
+        "X": x.copy(),
+        "obs": adata.obs.copy(),
+        "var": adata.var.copy(),
+        "uns": sorted(adata.uns),
+        "layers": sorted(adata.layers),
+    }
+
+
+def _assert_unchanged(adata, before: dict) -> None:
+    now = _snapshot(adata)
+    np.testing.assert_array_equal(now["X"], before["X"])
+    assert now["obs"].equals(before["obs"])
+    assert now["var"].equals(before["var"])
+    assert now["uns"] == before["uns"] and now["layers"] == before["layers"]
+
+
+# ------------------------------------------------------------ 1. what X holds vs the likelihood
+def test_raw_counts_with_the_gaussian_likelihood_are_warned_about():
+    adata = make_toy_adata(counts=True)
+    SCCVAE.setup_anndata(adata)
+    before = _snapshot(adata)
+    with pytest.warns(UserWarning, match="looks like raw counts") as record:
+        model = SCCVAE(adata, **SMALL)
+    message = str(next(w.message for w in record if "raw counts" in str(w.message)))
+    assert "likelihood='nb'" in message and "normalize_total" in message and "log1p" in message
+    # the warning points at the user's line, not into the package
+    assert all(w.filename == __file__ for w in record if "raw counts" in str(w.message))
+    model.train(max_epochs=1, enable_progress_bar=False)
+    _assert_unchanged(adata, before)
+    with warnings.catch_warnings():  # the same counts under "nb": nothing to say
+        warnings.simplefilter("error", UserWarning)
+        SCCVAE(adata, likelihood="nb", **SMALL)
+
+
+def test_scaled_expression_with_the_gaussian_likelihood_is_warned_about():
+    adata = make_toy_adata()
+    x = adata.X.toarray()
+    adata.X = (x - x.mean(axis=0)) / x.std(axis=0)
+    SCCVAE.setup_anndata(adata)
+    before = _snapshot(adata)
+    with pytest.warns(UserWarning, match="negative values") as record:
+        model = SCCVAE(adata, **SMALL)
+    message = str(record[0].message)
+    assert "no expression floor" in message and "normalize_total + log1p" in message
+    assert float(model.module.expression_floor) == -np.inf
+    _assert_unchanged(adata, before)
+    with pytest.raises(ValueError, match="negative values"):
+        SCCVAE(adata, likelihood="nb", **SMALL)
+    _assert_unchanged(adata, before)
+
+
+def test_log_normalised_expression_is_accepted_silently():
+    adata = make_toy_adata()
+    SCCVAE.setup_anndata(adata)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        SCCVAE(adata, **SMALL)
