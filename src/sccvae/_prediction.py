@@ -68,14 +68,15 @@ class PredictionMixin:
 
         Returns
         -------
-        A new AnnData with the model's ``var_names``, ``obs[perturbation_key]`` holding the
-        requested labels in canonical form (whitespace stripped, targets sorted: ``" B + A"``
-        gives ``"A+B"``), ``obs["seen"]`` (all targets seen in training),
-        ``obs["control_cell"]`` (the source cell) and ``X`` the predicted expression in the
-        input's space (log-normalised values for ``likelihood="gaussian"``, counts for
-        ``"nb"``). The input AnnData is not modified.
+        A new AnnData with the model's ``var_names``, ``obs[perturbation_key]`` holding each
+        label as requested (stripped of surrounding spaces: ``" B+A "`` gives ``"B+A"``),
+        ``obs["canonical_perturbation"]`` its canonical form (targets sorted: ``"A+B"``),
+        ``obs["seen"]`` (all targets seen in training), ``obs["control_cell"]`` (the source
+        cell) and ``X`` the predicted expression in the input's space (log-normalised values
+        for ``likelihood="gaussian"``, counts for ``"nb"``). The input AnnData is not
+        modified.
         """
-        perturbations = self._canonical_labels(perturbations)
+        requested, perturbations = self._requested_labels(perturbations)
         self._check_if_trained(warn=True)
         self.module.eval()
         intervention = build_intervention(self, perturbations)
@@ -90,7 +91,8 @@ class PredictionMixin:
             obs.append(
                 pd.DataFrame(
                     {
-                        self.perturbation_key_: label,
+                        self.perturbation_key_: requested[row],
+                        "canonical_perturbation": label,
                         "seen": intervention.seen[row],
                         "control_cell": names,
                     }
@@ -120,11 +122,12 @@ class PredictionMixin:
 
         Returns
         -------
-        AnnData with ``obs["penetrance"]`` and ``obs[perturbation_key]``; ``return_mean``
-        gives one row per penetrance.
+        AnnData with ``obs["penetrance"]``, ``obs[perturbation_key]`` (the label as given,
+        stripped) and ``obs["canonical_perturbation"]``; ``return_mean`` gives one row per
+        penetrance.
         """
         penetrance = [float(p) for p in np.atleast_1d(penetrance)]
-        (perturbation,) = self._canonical_labels([perturbation])
+        (requested,), (perturbation,) = self._requested_labels([perturbation])
         self._check_if_trained(warn=True)
         self.module.eval()
         intervention = build_intervention(self, [perturbation])
@@ -138,7 +141,8 @@ class PredictionMixin:
             obs.append(
                 pd.DataFrame(
                     {
-                        self.perturbation_key_: perturbation,
+                        self.perturbation_key_: requested,
+                        "canonical_perturbation": perturbation,
                         "penetrance": level,
                         "control_cell": names,
                     }
@@ -198,14 +202,23 @@ class PredictionMixin:
 
     # ------------------------------------------------------------------ helpers
     def _canonical_labels(self, perturbations: str | Sequence[str]) -> list[str]:
+        return self._requested_labels(perturbations)[1]
+
+    def _requested_labels(self, perturbations: str | Sequence[str]) -> tuple[list[str], list[str]]:
+        """Return the labels as the user wrote them (stripped) and in canonical form.
+
+        Results carry the first, so that a user finds the label they asked for; the model
+        works with the second (``"B+A"`` and ``"A+B"`` are one perturbation).
+        """
         labels = (
             [perturbations] if isinstance(perturbations, str) else [str(p) for p in perturbations]
         )
         if not labels:
             raise ValueError("No perturbations given to predict.")
-        return [
+        canon = [
             canonical(label, self.control_label_, self.combination_delimiter_) for label in labels
         ]
+        return [label.strip() for label in labels], canon
 
     def _unseen_node_magnitudes(self, genes: Sequence[int]) -> np.ndarray:
         """Own-node shift ``c`` of genes absent from training, by :attr:`unseen_magnitude_`."""
