@@ -116,3 +116,34 @@ def test_predictions_carry_the_labels_as_requested(tiny_model):
     table = evaluate(other, observed, control, distribution_metrics=False, de_metrics=False)
     assert sorted(table.index) == ["g0+g1", "g2"]
     _assert_unchanged(adata, before)
+
+
+# ------------------------------------------------------------ 2. predictions beyond the data
+def test_predictions_beyond_the_training_data_are_flagged_and_warned_about(tiny_model):
+    reference = tiny_model.training_reference_
+    assert set(reference) >= {"control_mean", "gene_min", "gene_max", "largest_change"}
+    assert reference["largest_change_label"] in set(tiny_model.adata.obs["perturbation"])
+    labels = ["g0", "g1+g0", "g30", "control"]  # trained, trained double, unseen, control
+    pred = tiny_model.predict(labels, n_cells=20, seed=0, return_mean=True)
+    trained = pred.obs["extrapolated"][["g0", "g1+g0", "control"]]
+    assert not trained.any()
+    # an unseen prediction larger than every training change, and one gene beyond its range
+    norm = float(np.linalg.norm(pred["g30"].X - pred["control"].X))
+    narrow = {**reference, "largest_change": norm / 2, "largest_change_label": "g5"}
+    narrow["gene_max"] = reference["gene_max"].copy()
+    narrow["gene_max"][3] = float(pred["g30"].X[0, 3]) - 1.0
+    tiny_model.training_reference_ = narrow
+    try:
+        with pytest.warns(UserWarning, match=r"obs\['extrapolated'\]") as record:
+            flagged = tiny_model.predict(labels, n_cells=20, seed=0, return_mean=True)
+    finally:
+        tiny_model.training_reference_ = reference
+    message = str(record[0].message)
+    assert "g30: a mean change of norm" in message and "(at most" in message and "g5" in message
+    assert "g3 at" in message and "above its highest value in any training cell" in message
+    assert record[0].filename == __file__
+    assert flagged.obs["extrapolated"].to_dict() == {
+        "g0": False, "g1+g0": False, "g30": True, "control": False
+    }  # fmt: skip
+    # the prediction itself is returned as the model makes it
+    np.testing.assert_array_equal(flagged.X, pred.X)

@@ -7,6 +7,8 @@ import warnings
 import numpy as np
 import scipy.sparse as sp
 
+from ._perturbations import check_control_label, parse_perturbation, perturbation_labels
+
 #: Rows read at a time from a (possibly backed or sparse) matrix.
 CHUNK = 2048
 
@@ -21,6 +23,44 @@ def _values(matrix) -> np.ndarray:
     if sp.issparse(matrix):
         return matrix.data
     return np.asarray(matrix).ravel()
+
+
+def check_setup(
+    adata,
+    perturbation_key: str,
+    control_label: str,
+    layer: str | None,
+    delimiter: str,
+    min_cells: int,
+    stacklevel: int = 2,
+) -> None:
+    """Check an AnnData before registration; nothing is written into it.
+
+    Every label must parse (:func:`~sccvae._perturbations.parse_perturbation`), control
+    cells must exist, ``layer`` must exist and the expression be finite (errors); labels with
+    fewer than ``min_cells`` cells are warned about. ``stacklevel`` is that of the caller.
+    """
+    labels = perturbation_labels(adata.obs, perturbation_key)
+    check_control_label(labels, control_label, perturbation_key)
+    uniques, counts = np.unique(labels, return_counts=True)
+    for label in uniques:
+        parse_perturbation(label, control_label, delimiter)
+    if layer is not None and layer not in adata.layers:
+        raise KeyError(f"Layer {layer!r} not found in adata.layers ({list(adata.layers)}).")
+    where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+    check_finite(adata.X if layer is None else adata.layers[layer], where)
+    rare = [
+        f"{u} ({c})"
+        for u, c in zip(uniques, counts, strict=True)
+        if c < min_cells and u != control_label
+    ]
+    if rare:
+        warnings.warn(
+            f"{len(rare)} perturbation(s) have fewer than {min_cells} cells and will be "
+            f"learned poorly: {rare[:10]}.",
+            UserWarning,
+            stacklevel=stacklevel + 1,
+        )
 
 
 def check_finite(matrix, where: str) -> None:

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import anndata as ad
-import networkx as nx
 import numpy as np
 import pandas as pd
 import torch
@@ -24,27 +22,20 @@ from ._calibration import calibrate_training_targets, estimate_decrease_bound
 from ._constants import MODEL_DEFAULTS, REGISTRY_KEYS, TRAIN_DEFAULTS
 from ._dataloading import PerturbationDataSplitter
 from ._embedding import build_embedding
-from ._inputs import check_expression, check_finite, check_loadable_genes, log_normalize
+from ._inputs import check_expression, check_loadable_genes, check_setup, log_normalize
 from ._interpretation import InterpretationMixin
 from ._interventions import UNSEEN_MAGNITUDE_RULES, fit_unseen_maps
 from ._module import SCCVAEModule
 from ._nodes import gene_nodes, observed_own_changes
-from ._perturbations import (
-    Targets,
-    check_control_label,
-    parse_perturbation,
-    perturbation_labels,
-    target_matrix,
-)
+from ._perturbations import Targets, parse_perturbation, target_matrix
 from ._prediction import PredictionMixin
 from ._quiet import without_notices
+from ._reference import training_reference
 from ._scm import build_graph_mask
-from ._training_plan import (
-    SCCVAETrainingPlan,
-    default_epochs,
-    torch_threads,
-    training_threads,
-)
+from ._training_plan import SCCVAETrainingPlan, default_epochs, torch_threads, training_threads
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 logger = logging.getLogger(__name__)
 
@@ -354,27 +345,10 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
             Passed to :meth:`scvi.data.AnnDataManager.register_fields`.
         """
         setup_method_args = cls._get_setup_method_args(**locals())
-        labels = perturbation_labels(adata.obs, perturbation_key)
-        check_control_label(labels, control_label, perturbation_key)
-        uniques, counts = np.unique(labels, return_counts=True)
-        for label in uniques:
-            parse_perturbation(label, control_label, combination_delimiter)
-        if layer is not None and layer not in adata.layers:
-            raise KeyError(f"Layer {layer!r} not found in adata.layers ({list(adata.layers)}).")
-        where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
-        check_finite(adata.X if layer is None else adata.layers[layer], where)
-        rare = [
-            f"{u} ({c})"
-            for u, c in zip(uniques, counts, strict=True)
-            if c < MIN_CELLS_PER_PERTURBATION and u != control_label
-        ]
-        if rare:
-            warnings.warn(
-                f"{len(rare)} perturbation(s) have fewer than {MIN_CELLS_PER_PERTURBATION} cells "
-                f"and will be learned poorly: {rare[:10]}.",
-                UserWarning,
-                stacklevel=settings.warnings_stacklevel,
-            )
+        check_setup(
+            adata, perturbation_key, control_label, layer, combination_delimiter,
+            min_cells=MIN_CELLS_PER_PERTURBATION, stacklevel=settings.warnings_stacklevel,
+        )  # fmt: skip
         anndata_fields = [
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=False),
             CategoricalObsField(REGISTRY_KEYS.PERTURBATION_KEY, perturbation_key),
@@ -540,6 +514,8 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
                     self, data_splitter.train_idx, seed=self.seed_
                 )
         self.fit_unseen_maps(data_splitter.train_idx)
+        # what predictions and later loads are compared with (saved with the model)
+        self.training_reference_ = training_reference(self, data_splitter.train_idx)
         return result
 
     def fit_unseen_maps(self, train_indices: Sequence[int] | None = None) -> None:

@@ -17,6 +17,7 @@ from ._calibration import _censored_shift
 from ._inputs import CHUNK, check_model_genes, dense, log_normalize
 from ._interventions import build_intervention, unseen_magnitude
 from ._perturbations import canonical, check_control_label, perturbation_labels
+from ._reference import flag_extrapolation
 
 logger = logging.getLogger(__name__)
 
@@ -71,23 +72,36 @@ class PredictionMixin:
         A new AnnData with the model's ``var_names``, ``obs[perturbation_key]`` holding each
         label as requested (stripped of surrounding spaces: ``" B+A "`` gives ``"B+A"``),
         ``obs["canonical_perturbation"]`` its canonical form (targets sorted: ``"A+B"``),
-        ``obs["seen"]`` (all targets seen in training), ``obs["control_cell"]`` (the source
-        cell) and ``X`` the predicted expression in the input's space (log-normalised values
-        for ``likelihood="gaussian"``, counts for ``"nb"``). The input AnnData is not
-        modified.
+        ``obs["seen"]`` (all targets seen in training), ``obs["extrapolated"]``,
+        ``obs["control_cell"]`` (the source cell) and ``X`` the predicted expression in the
+        input's space (log-normalised values for ``likelihood="gaussian"``, counts for
+        ``"nb"``). The input AnnData is not modified.
+
+        A perturbation that was not a training label is *extrapolated* when its predicted
+        mean change is larger than that of any training perturbation, or when a gene's
+        predicted mean leaves the range of that gene in the training cells: no observed
+        perturbation supports such a prediction. It is flagged in ``obs["extrapolated"]``
+        and a UserWarning names it (see :mod:`sccvae._reference`); the prediction itself is
+        returned as the model makes it.
+
+        Warns
+        -----
+        UserWarning
+            For extrapolated predictions, with the numbers that flagged them.
         """
         requested, perturbations = self._requested_labels(perturbations)
         self._check_if_trained(warn=True)
         self.module.eval()
         intervention = build_intervention(self, perturbations)
-        z, library, names, source = self._encode_controls(adata, n_cells, seed)
-        source = source if counterfactual else None
-        blocks, obs = [], []
+        z, library, names, x = self._encode_controls(adata, n_cells, seed)
+        source = x if counterfactual else None
+        blocks, obs, means = [], [], []
         for row, label in enumerate(perturbations):
             cells = self._decode_intervention(
                 z, library, intervention.weights[row], intervention.targets, source
             )
             blocks.append(cells.cpu().numpy())
+            means.append(self.module.log_expression(cells).mean(dim=0))
             obs.append(
                 pd.DataFrame(
                     {
@@ -98,6 +112,12 @@ class PredictionMixin:
                     }
                 )
             )
+        extrapolated = flag_extrapolation(
+            self, requested, perturbations, torch.stack(means),
+            self.module.log_expression(x).mean(dim=0),
+        )  # fmt: skip
+        for frame, flag in zip(obs, extrapolated, strict=True):
+            frame.insert(3, "extrapolated", flag)
         return self._cells_to_anndata(blocks, pd.concat(obs), return_mean, self.perturbation_key_)
 
     @torch.inference_mode()
