@@ -147,3 +147,40 @@ def test_predictions_beyond_the_training_data_are_flagged_and_warned_about(tiny_
     }  # fmt: skip
     # the prediction itself is returned as the model makes it
     np.testing.assert_array_equal(flagged.X, pred.X)
+
+
+# ------------------------------------------------------------ 3. loading onto other data
+def test_load_warns_when_the_control_cells_are_not_the_training_ones(tiny_model, tmp_path):
+    tiny_model.save(tmp_path / "model", overwrite=True)
+    # the training data, or a subset of it: silent
+    same = make_toy_adata()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        loaded = SCCVAE.load(tmp_path / "model", adata=same)
+        controls = same[same.obs["perturbation"] == "control"][:10].copy()
+        SCCVAE.load(tmp_path / "model", adata=controls)
+    assert loaded.training_reference_["largest_change"] == pytest.approx(
+        tiny_model.training_reference_["largest_change"]
+    )
+    # other cells with the same genes and labels: warned, and only scvi-tools' registration
+    # is written into them
+    other = make_toy_adata(seed=1)
+    other.X = other.X.toarray() + 1.5
+    before = _snapshot(other)
+    with pytest.warns(UserWarning, match="not its training data") as record:
+        SCCVAE.load(tmp_path / "model", adata=other)
+    message = str(record[0].message)
+    assert "control standard deviations" in message and "predict(adata=...)" in message
+    assert record[0].filename == __file__
+    assert list(other.obs.columns) == ["perturbation", "_scvi_perturbation"]
+    assert sorted(other.uns) == sorted([*before["uns"], "_scvi_uuid", "_scvi_manager_uuid"])
+    other.obs = other.obs.drop(columns="_scvi_perturbation")
+    for key in ("_scvi_uuid", "_scvi_manager_uuid"):
+        del other.uns[key]
+    _assert_unchanged(other, before)
+    # labels the model never saw: a clear error before anything is written
+    new = make_toy_adata(n_single=10, seed=2)
+    before = _snapshot(new)
+    with pytest.raises(ValueError, match=r"were not in its training data \(\['g8', 'g9'\]\)"):
+        SCCVAE.load(tmp_path / "model", adata=new)
+    _assert_unchanged(new, before)

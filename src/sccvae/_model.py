@@ -30,7 +30,7 @@ from ._nodes import gene_nodes, observed_own_changes
 from ._perturbations import Targets, parse_perturbation, target_matrix
 from ._prediction import PredictionMixin
 from ._quiet import without_notices
-from ._reference import training_reference
+from ._reference import check_loadable_labels, check_loaded_data, training_reference
 from ._scm import build_graph_mask
 from ._training_plan import SCCVAETrainingPlan, default_epochs, torch_threads, training_threads
 
@@ -313,6 +313,9 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
             f"{len(self.targets_)} training targets ({int((target_nodes >= 0).sum())} node "
             f"genes), {len(labels) - 1} perturbations."
         )
+        # `load` rebuilds the module from init_params_ on the AnnData it is given: keep the
+        # embedding as built here, as its width follows the training control cells
+        perturbation_embedding = self.gene_embedding_
         self.init_params_ = self._get_init_params(locals())
 
     # ------------------------------------------------------------------ setup
@@ -359,7 +362,22 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
 
     @classmethod
     def load(cls, dir_path: str, adata: ad.AnnData | None = None, **kwargs):
-        """Load a saved model, checking first that ``adata`` has the model's genes in order.
+        """Load a saved model onto ``adata`` (or the AnnData saved with it).
+
+        Before anything is written into ``adata``, checks that it has the model's genes in
+        order and no label the model was not trained on (errors that say what to do). Then,
+        as scvi-tools' registration requires, ``adata`` is registered with the model's
+        setup: ``obs["_scvi_perturbation"]`` gets the label codes *of the training data*
+        (added if ``adata`` was never set up, rewritten if it was), and
+        ``uns["_scvi_uuid"]`` / ``uns["_scvi_manager_uuid"]`` are set. Nothing else of
+        ``adata`` is changed.
+
+        Predictions start from the control cells of the AnnData the model is loaded onto.
+        When they differ from the training control cells (another cell type, another screen
+        with the same genes) a UserWarning says so, naming the training labels ``adata``
+        lacks (see :func:`sccvae._reference.check_loaded_data`); the training data or a
+        subset of it (e.g. its control cells alone) loads silently. Models saved before the
+        training reference existed are not compared.
 
         Parameters
         ----------
@@ -375,7 +393,11 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
                 registry = cls.load_registry(dir_path, prefix=kwargs.get("prefix"))
                 state = registry["field_registries"][REGISTRY_KEYS.X_KEY]["state_registry"]
                 check_loadable_genes(adata, state["column_names"])
-            return super().load(dir_path, adata=adata, **kwargs)
+                check_loadable_labels(registry, adata)
+            model = super().load(dir_path, adata=adata, **kwargs)
+        if adata is not None:
+            check_loaded_data(model, adata)
+        return model
 
     # ------------------------------------------------------------------ train
     def train(

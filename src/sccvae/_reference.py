@@ -9,13 +9,16 @@ the log-normalised scale (counts are log-normalised first):
 - the largest mean change of any training perturbation (its Euclidean norm over the genes)
   and which perturbation it was.
 
-A check reads it:
+Two checks read it:
 
 - :func:`flag_extrapolation`: a predicted perturbation that was not a training label is
   *extrapolated* when its mean change is larger than every training perturbation's, or when
   a gene's predicted mean leaves the range of that gene in the training cells. Nothing
   observed supports such a prediction; :meth:`~sccvae.SCCVAE.predict` flags it in
   ``obs["extrapolated"]`` and warns.
+- :func:`check_loaded_data`: loading a model onto an AnnData whose control cells are not
+  those of training (another cell type, another screen with the same genes) makes every
+  prediction start from those cells; :meth:`~sccvae.SCCVAE.load` warns.
 """
 
 from __future__ import annotations
@@ -29,6 +32,16 @@ import torch
 
 from ._constants import REGISTRY_KEYS
 from ._inputs import CHUNK, dense
+from ._perturbations import perturbation_labels
+
+#: Root mean square over genes of the difference between two control means, in control
+#: standard deviations (the model's gene scale), above which :func:`check_loaded_data` says
+#: the control cells differ from training, unless sampling explains more (three standard
+#: errors of the difference of two means, ``3 sqrt(1/n + 1/m)``: 1.0 for 10 cells against
+#: 90). On perturbench's devel file, a subset of Norman 2019's 100 control cells differs
+#: from their mean by at most 0.14 (10 cells), the strongest Norman perturbation's cells by
+#: 0.70, McFaline-Figueroa 2023's glioblastoma control cells by 3.7.
+CONTROL_SHIFT_THRESHOLD = 0.5
 
 
 def _log_rows(model, adata, rows: np.ndarray):
@@ -200,3 +213,82 @@ def _registered_labels(model) -> list[str]:
     """Return the model's training labels, in the order of its label codes."""
     state = model.adata_manager.get_state_registry(REGISTRY_KEYS.PERTURBATION_KEY)
     return [str(label) for label in state.categorical_mapping]
+
+
+def check_loadable_labels(registry: dict, adata) -> None:
+    """Raise a ValueError when ``adata`` has labels the saved model was not trained on.
+
+    scvi-tools cannot register such cells onto the model's label codes (its error names
+    ``extend_categories``); this says which labels and what to do, before anything is
+    written into ``adata``.
+    """
+    setup = registry["setup_args"]
+    state = registry["field_registries"][REGISTRY_KEYS.PERTURBATION_KEY]["state_registry"]
+    known = {str(label) for label in state["categorical_mapping"]}
+    labels = perturbation_labels(adata.obs, setup["perturbation_key"])
+    new = sorted(set(np.unique(labels)) - known)
+    if new:
+        raise ValueError(
+            f"Cannot load the model onto this AnnData: {len(new)} label(s) of "
+            f"adata.obs[{setup['perturbation_key']!r}] were not in its training data "
+            f"({new[:8]}). Load it onto cells of the training labels (e.g. "
+            f"adata[adata.obs[{setup['perturbation_key']!r}] == {setup['control_label']!r}] "
+            "as a source of control cells), or predict new perturbations with "
+            "model.predict([...]), which needs no cells of them."
+        )
+
+
+@torch.no_grad()
+def check_loaded_data(model, adata) -> None:
+    """Warn when ``adata``'s control cells are not those the model was trained on.
+
+    Predictions start from the control cells of the AnnData a model is loaded onto
+    (``predict`` draws its source cells there). They are compared with the training control
+    cells by the root mean square over genes of the difference of their means, in control
+    standard deviations (the model's gene scale): above :data:`CONTROL_SHIFT_THRESHOLD` and
+    three standard errors of that difference, they are other cells and a UserWarning says
+    so, naming the training labels ``adata`` lacks. Without control cells it warns too. A
+    subset of the training data (e.g. its control cells alone) passes silently.
+    """
+    labels = perturbation_labels(adata.obs, model.perturbation_key_)
+    rows = np.flatnonzero(labels == model.control_label_)
+    reference = getattr(model, "training_reference_", None)
+    if not rows.size:
+        reason = (
+            f"it has no {model.control_label_!r} cells, and predictions start from control "
+            "cells: pass predict(adata=...) an AnnData with the model's genes and control cells"
+        )
+    elif reference:
+        total = np.zeros(model.module.n_input)
+        for _, logged in _log_rows(model, adata, rows):
+            total += logged.sum(axis=0)
+        scale = model.module.gene_scale.double().cpu().numpy()
+        shift = (total / rows.size - reference["control_mean"]) / scale
+        rms = float(np.sqrt(np.mean(shift**2)))
+        sampling = 3.0 * np.sqrt(1.0 / rows.size + 1.0 / max(reference["n_control"], 1))
+        limit = max(CONTROL_SHIFT_THRESHOLD, sampling)
+        if rms <= limit:
+            return
+        registered = _registered_labels(model)
+        missing = sorted(set(registered) - set(np.unique(labels)))
+        absent = (
+            f"; {len(missing)} of its {len(registered)} training labels are absent "
+            f"({missing[:5]}{' ...' if len(missing) > 5 else ''})"
+            if missing
+            else ""
+        )
+        reason = (
+            f"its {rows.size} control cells differ from the {reference['n_control']} training "
+            f"control cells by {rms:.2f} control standard deviations (root mean square over "
+            f"genes; cells of the same kind differ by up to {limit:.2f}){absent}. Predictions "
+            "start from these control cells, so they describe perturbations of cells the "
+            "model never saw: load the model onto its training data (or pass its control "
+            "cells as predict(adata=...)), or train a model on this data"
+        )
+    else:
+        return
+    warnings.warn(
+        f"The AnnData the model was loaded onto is not its training data: {reason}.",
+        UserWarning,
+        stacklevel=_outside_the_package(),
+    )
