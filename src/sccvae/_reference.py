@@ -44,6 +44,12 @@ from ._perturbations import perturbation_labels
 CONTROL_SHIFT_THRESHOLD = 0.5
 
 
+#: How far (in control standard deviations of the gene, the model's gene scale) a gene's
+#: predicted mean may leave the gene's range in the training cells before
+#: :func:`flag_extrapolation` calls it outside.
+RANGE_LEEWAY = 0.1
+
+
 def _log_rows(model, adata, rows: np.ndarray):
     """Yield the log-normalised expression of ``rows`` of ``adata``, a chunk at a time."""
     expression = model._expression(adata)
@@ -133,8 +139,11 @@ def flag_extrapolation(
     trained = set(model._training_perturbations()) | {model.control_label_}
     means = means.double().cpu().numpy()
     norms = np.linalg.norm(means - source_mean.double().cpu().numpy(), axis=1)
-    above = means > reference["gene_max"].astype(np.float64) + 1e-6
-    below = means < reference["gene_min"].astype(np.float64) - 1e-6
+    # a tenth of a control standard deviation (at least 0.01 log units) of leeway: a gene
+    # that no training cell expresses is otherwise "above" its range by float noise
+    leeway = RANGE_LEEWAY * model.module.gene_scale.double().cpu().numpy()
+    above = means > reference["gene_max"].astype(np.float64) + leeway
+    below = means < reference["gene_min"].astype(np.float64) - leeway
     reasons = {}
     for row, (label, canon) in enumerate(zip(requested, canonical_labels, strict=True)):
         if canon in trained or label in reasons:
