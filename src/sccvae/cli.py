@@ -11,6 +11,12 @@ On the perturbench development file (Norman 2019 subset), held-out combinations:
     sccvae benchmark --data perturbench_devel.h5ad --perturbation-key condition \\
         --dataset norman19 --split combo --out bench_norman/
 
+Norman 2019's unseen targets, most of them unmeasured genes, with a gene embedding (genes x
+dimensions, e.g. GenePT or GO) for SCCVAE, linear and knn::
+
+    sccvae benchmark --data perturbench_devel.h5ad --perturbation-key condition \\
+        --dataset norman19 --split unseen --embedding gene_embedding.csv --out bench_unseen/
+
 On a screen whose X holds raw UMI counts (SCCVAE fits them with its negative binomial
 likelihood; the baselines and the scoring use their log-normalisation), keeping the cells
 with a clean gRNA assignment::
@@ -147,6 +153,17 @@ def build_parser() -> argparse.ArgumentParser:
         "gRNA assignment); without it, all cells",
     )
     bench.add_argument(
+        "--embedding",
+        default=None,
+        metavar="PATH",
+        help="gene embedding for SCCVAE (perturbation_embedding), linear and knn: a .csv or "
+        ".parquet table of genes x dimensions with gene names as its index (first column), "
+        "or an .h5ad with genes as obs_names and dimensions in X; with --split unseen it "
+        "lets targets that are not measured genes be tested (default methods that cannot "
+        "represent half as many perturbations as SCCVAE, e.g. coexpression, are left out, "
+        "with a note); without it, measured genes are embedded by their coexpression",
+    )
+    bench.add_argument(
         "--likelihood",
         choices=("nb", "gaussian"),
         default=None,
@@ -245,12 +262,18 @@ def _benchmark(args: argparse.Namespace, parser: argparse.ArgumentParser, argv) 
     from sccvae.benchmark import (
         BenchmarkInputError,
         command_line,
+        load_embedding,
         print_table,
         run_benchmark,
         verdicts,
     )
 
     model_kwargs = {"n_latent": args.n_latent}
+    if args.embedding is not None:
+        try:
+            model_kwargs["perturbation_embedding"] = load_embedding(args.embedding)
+        except (BenchmarkInputError, FileNotFoundError) as err:
+            parser.error(str(err.args[0]) if err.args else str(err))
     if args.n_hidden is not None:
         model_kwargs["n_hidden"] = args.n_hidden
     train_kwargs = {}

@@ -30,15 +30,19 @@ def _unseen_targets(
     genes: set[str],
     model_kwargs: dict[str, Any],
     notes: list[str],
+    explicit: bool = True,
 ) -> tuple[pd.DataFrame | None, list[str] | None, dict[str, set[str] | None]]:
     """Return the baselines' embedding and the perturbations an unseen split may test.
 
     A perturbation is eligible for testing when every method of the run can represent each
     of its targets without having seen it; ``None`` means all are. The others always train.
-    The third value is, per method, the targets it can represent (``None``: any).
-    ``model_kwargs`` is updated for SCCVAE where it needs one-hot rows for training targets
-    that neither its nodes nor its embedding cover. Raises a BenchmarkInputError when no
-    perturbation is eligible.
+    The third value is, per method kept, the targets it can represent (``None``: any).
+    Unless the methods were named (``explicit``), a method that can represent fewer than
+    half the perturbations SCCVAE can (e.g. ``coexpression``, measured targets only, when
+    an embedding DataFrame covers unmeasured targets) is left out of the run, with a note,
+    rather than shrinking what every method is tested on. ``model_kwargs`` is updated for
+    SCCVAE where it needs one-hot rows for training targets that neither its nodes nor its
+    embedding cover. Raises a BenchmarkInputError when no perturbation is eligible.
     """
     user_embedding = model_kwargs.get("perturbation_embedding")
     frame = user_embedding if isinstance(user_embedding, pd.DataFrame) else None
@@ -83,6 +87,10 @@ def _unseen_targets(
             model_kwargs["perturbation_embedding"] = "onehot"
             for name in sccvae:  # one-hot represents seen targets only; nodes stay
                 covers[name] = set(genes) if gene_nodes(name) else set()
+    if not explicit:
+        for name in _narrow_methods(covers, design, notes):
+            del covers[name]
+    needs_embedding = [m for m in needs_embedding if m in covers]
 
     limits = [c for c in covers.values() if c is not None]
     eligible = [
@@ -97,7 +105,8 @@ def _unseen_targets(
             f"there (e.g. {all_targets[:5]}); nothing can represent an unmeasured gene "
             "without outside knowledge. Use split='seen' or 'combo', keep only methods that "
             "need no embedding (e.g. 'mean,control'), or supply a perturbation_embedding "
-            "DataFrame covering the targets."
+            "DataFrame covering the targets (CLI: --embedding PATH, a genes x dimensions "
+            "table)."
         )
     if not always_train:
         return frame, None, covers
@@ -119,6 +128,37 @@ def _unseen_targets(
             "out of their fit."
         )
     return frame, eligible, covers
+
+
+def _narrow_methods(
+    covers: dict[str, set[str] | None], design: PerturbationDesign, notes: list[str]
+) -> list[str]:
+    """Return the methods that represent fewer than half the perturbations SCCVAE can.
+
+    Without an SCCVAE method, the comparison is with the method that represents the most.
+    """
+
+    def reach(cover: set[str] | None) -> int:
+        return sum(
+            cover is None or all(t in cover for t in design.targets(p))
+            for p in design.perturbations
+        )
+
+    counts = {name: reach(cover) for name, cover in covers.items()}
+    sccvae = [m for m in covers if REGISTRY[m].is_sccvae]
+    reference = max(sccvae or covers, key=counts.get)
+    narrow = [m for m in covers if not REGISTRY[m].is_sccvae and counts[m] < counts[reference] / 2]
+    if narrow:
+        shown = "; ".join(f"{m} only {counts[m]}" for m in narrow)
+        notes.append(
+            f"Left out of the default methods: {', '.join(narrow)}. Of the "
+            f"{counts[reference]} perturbations {reference} can represent unseen (of "
+            f"{len(design.perturbations)}), they can represent {shown}; testing every method "
+            "on what all can represent would shrink the comparison to those. Name them in "
+            "`methods` (CLI: --methods) to include them anyway."
+        )
+        logger.warning(notes[-1])
+    return narrow
 
 
 def _check_training_coverage(
@@ -143,8 +183,9 @@ def _check_training_coverage(
                 f"{name} learns from the training perturbations whose targets it can "
                 f"represent and needs at least {need}, but a fold trains on {fewest}: too few "
                 "perturbations have targets it can represent (measured genes, or genes of the "
-                f"embedding DataFrame). Drop {name!r} from the methods, or use split='seen' or "
-                "'combo'."
+                f"embedding DataFrame). Drop {name!r} from the methods, supply an embedding "
+                "DataFrame covering the targets (CLI: --embedding PATH), or use split='seen' "
+                "or 'combo'."
             )
 
 

@@ -328,8 +328,9 @@ def run_benchmark(
         genes = set(work.var_names)
         if split == "unseen":
             target_embedding, eligible, covers = _unseen_targets(
-                method_list, design, genes, model_kwargs, notes
+                method_list, design, genes, model_kwargs, notes, explicit=methods is not None
             )
+            method_list = [m for m in method_list if m in covers]  # narrow defaults left out
             n_eligible = len(design.perturbations if eligible is None else eligible)
             # folds of 1-2 perturbations say little each: test every one on its own instead
             leave_one_out = n_eligible < 2 * int(n_folds)
