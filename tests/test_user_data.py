@@ -186,3 +186,135 @@ def test_load_warns_when_the_control_cells_are_not_the_training_ones(tiny_model,
     with pytest.raises(ValueError, match=r"were not in its training data \(\['g8', 'g9'\]\)"):
         SCCVAE.load(tmp_path / "model", adata=new)
     _assert_unchanged(new, before)
+
+
+# ------------------------------------------------------------ 7. smaller things
+def test_calibration_shows_progress_and_lightning_deprecation_is_filtered(capsys):
+    adata = make_toy_adata()
+    SCCVAE.setup_anndata(adata)
+    model = SCCVAE(adata, seed=0, **SMALL)
+    filters = list(warnings.filters)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        model.train(max_epochs=1, enable_progress_bar=True)
+    messages = [str(w.message) for w in record]
+    assert not any("LeafSpec" in m for m in messages)
+    assert any("logging interval" in m for m in messages)  # other warnings still pass
+    assert warnings.filters == filters  # nothing left filtered
+    assert "Calibrating 9 training perturbations" in capsys.readouterr().out
+    model.train(max_epochs=1, enable_progress_bar=False)
+    assert "Calibrating" not in capsys.readouterr().out
+
+
+def test_sccvae_model_import_leaves_networkx_alone():
+    import subprocess
+    import sys
+
+    code = "import sys, sccvae; sccvae.SCCVAE; print('networkx' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_version_and_public_names(capsys):
+    import sccvae
+    import sccvae.pl
+    from sccvae.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"sccvae {sccvae.__version__}"
+    public = [name for name in dir(sccvae.pl) if not name.startswith("_")]
+    assert public == sorted(sccvae.pl.__all__)
+
+
+def test_out_of_range_penetrance_and_threshold_are_errors(tiny_model):
+    for bad in ((0, 2.0), (-0.5, 1.0), (float("nan"),), ()):
+        with pytest.raises(ValueError, match=r"penetrance"):
+            tiny_model.simulate_knockdown("g0", penetrance=bad, n_cells=2)
+    for bad in (-1, float("nan")):
+        with pytest.raises(ValueError, match="threshold is compared with |weight|"):
+            tiny_model.get_graph(threshold=bad)
+    assert tiny_model.get_graph(threshold=0).number_of_edges() > 0
+
+
+def test_summary_string_grammar(tiny_model):
+    from sccvae._model import _count
+
+    assert _count(1, "node gene") == "1 node gene" and _count(64, "gene node") == "64 gene nodes"
+    summary = tiny_model._model_summary_string
+    assert "8 gene nodes" in summary and "genes nodes" not in summary
+    assert "8 training targets (8 node genes)" in summary and "9 perturbations" in summary
+
+
+def test_latent_graph_labels_do_not_overlap():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import networkx as nx
+
+    import sccvae.pl
+
+    rng = np.random.default_rng(0)
+    names = [f"GENE{i:03d}X" for i in range(64)]
+    graph = nx.DiGraph()
+    for _ in range(200):
+        a, b = sorted(rng.choice(64, 2, replace=False))
+        graph.add_edge(names[a], names[b], weight=float(rng.normal()))
+    ax = sccvae.pl.latent_graph(graph, top_n=30, show=False)
+    figure = ax.get_figure()
+    figure.canvas.draw()
+    boxes = [t.get_window_extent() for t in ax.texts if t.get_text()]
+    assert len(boxes) > 30
+    pairs = sum(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+    assert pairs == 0
+    plt.close(figure)
+
+
+def test_undefined_metrics_are_drawn_as_missing(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from sccvae.benchmark import BenchmarkResult, plot_metrics
+
+    summary = pd.DataFrame(
+        {
+            "category": "all",
+            "metric": "pearson_delta_all",
+            "method": ["sccvae", "control", "mean"],
+            "mean": [0.4, np.nan, 0.2],
+            "ci_low": [0.3, np.nan, 0.1],
+            "ci_high": [0.5, np.nan, 0.3],
+        }
+    )
+    result = BenchmarkResult(pd.DataFrame(), summary, [], config={"split": "unseen"})
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    plot_metrics(result, tmp_path / "metrics.png", metrics=["pearson_delta_all"])
+    (ax,) = figures[0].axes
+    heights = sorted(round(p.get_height(), 3) for p in ax.patches)
+    assert heights == [0.2, 0.4]  # no bar for control
+    assert [t.get_text() for t in ax.texts] == ["n/a"]
+    assert (tmp_path / "metrics.png").is_file()
+
+
+def test_epochs_say_the_same_in_help_log_and_config(caplog, capsys):
+    import logging
+
+    from sccvae.benchmark import run_benchmark
+    from sccvae.benchmark._methods import DEFAULT_EPOCHS_TEXT
+    from sccvae.cli import main
+
+    assert "31 per fold" in DEFAULT_EPOCHS_TEXT
+    with pytest.raises(SystemExit):
+        main(["benchmark", "--help"])
+    assert DEFAULT_EPOCHS_TEXT in " ".join(capsys.readouterr().out.split())
+    adata = make_toy_adata()
+    with caplog.at_level(logging.INFO, logger="sccvae.benchmark"):
+        result = run_benchmark(adata, methods="mean,control", n_folds=2, progress=False)
+    assert result.config["max_epochs"] == DEFAULT_EPOCHS_TEXT
+    assert any(f"SCCVAE epochs: {DEFAULT_EPOCHS_TEXT}" in r.getMessage() for r in caplog.records)

@@ -14,10 +14,9 @@ import importlib.util
 import logging
 import warnings
 from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import anndata as ad
-import networkx as nx
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -26,6 +25,9 @@ import torch
 from ._constants import REGISTRY_KEYS
 from ._interventions import build_intervention
 from ._perturbations import canonical_label, perturbation_labels
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 logger = logging.getLogger(__name__)
 
@@ -169,6 +171,13 @@ class InterpretationMixin:
         :class:`networkx.DiGraph` over ``latent_node_names_`` (gene names for gene nodes)
         with a ``weight`` on each edge.
         """
+        import networkx as nx
+
+        if not np.isfinite(threshold) or threshold < 0:
+            raise ValueError(
+                f"threshold is compared with |weight| and must be a number >= 0, got "
+                f"{threshold!r}; threshold=0 gives every learned edge."
+            )
         adjacency = self.module.scm.adjacency.detach().cpu().numpy()
         graph = nx.DiGraph()
         graph.add_nodes_from(self.latent_node_names_)

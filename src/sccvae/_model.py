@@ -308,10 +308,11 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
             )
         graph_name = graph if isinstance(graph, str) else f"user DAG ({int(mask.sum())} edges)"
         self._model_summary_string = (
-            f"SCCVAE: {mask.shape[0]} {latent_nodes} nodes, n_hidden={n_hidden}, "
-            f"n_layers={n_layers}, graph={graph_name}, likelihood={likelihood}, "
-            f"{len(self.targets_)} training targets ({int((target_nodes >= 0).sum())} node "
-            f"genes), {len(labels) - 1} perturbations."
+            f"SCCVAE: {_count(mask.shape[0], latent_nodes[:-1] + ' node')}, "
+            f"n_hidden={n_hidden}, n_layers={n_layers}, graph={graph_name}, "
+            f"likelihood={likelihood}, {_count(len(self.targets_), 'training target')} "
+            f"({_count(int((target_nodes >= 0).sum()), 'node gene')}), "
+            f"{_count(len(labels) - 1, 'perturbation')}."
         )
         # `load` rebuilds the module from init_params_ on the AnnData it is given: keep the
         # embedding as built here, as its width follows the training control cells
@@ -531,10 +532,11 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
         ):
             torch.manual_seed(self.seed_)
             result = runner()
-            if calibrate:
+            if calibrate:  # a progress bar as the trainer's, for a step that takes a while
                 self.calibration_ = calibrate_training_targets(
-                    self, data_splitter.train_idx, seed=self.seed_
-                )
+                    self, data_splitter.train_idx, seed=self.seed_,
+                    progress=trainer_kwargs.get("enable_progress_bar", True),
+                )  # fmt: skip
         self.fit_unseen_maps(data_splitter.train_idx)
         # what predictions and later loads are compared with (saved with the model)
         self.training_reference_ = training_reference(self, data_splitter.train_idx)
@@ -585,3 +587,8 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
         if layer is not None and layer not in adata.layers:
             raise KeyError(f"Layer {layer!r}, used at setup, is missing from the AnnData given.")
         return adata.X if layer is None else adata.layers[layer]
+
+
+def _count(n: int, noun: str) -> str:
+    """``n`` and ``noun``, plural unless ``n`` is 1 (``"1 node gene"``, ``"64 gene nodes"``)."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"

@@ -146,7 +146,7 @@ class PredictionMixin:
         stripped) and ``obs["canonical_perturbation"]``; ``return_mean`` gives one row per
         penetrance.
         """
-        penetrance = [float(p) for p in np.atleast_1d(penetrance)]
+        penetrance = _penetrance_levels(penetrance)
         (requested,), (perturbation,) = self._requested_labels([perturbation])
         self._check_if_trained(warn=True)
         self.module.eval()
@@ -444,3 +444,18 @@ class PredictionMixin:
         check_control_label(labels, self.control_label_, self.perturbation_key_)
         rows = np.flatnonzero(labels == self.control_label_)
         return self._expression(adata)[rows], adata.obs_names[rows].to_numpy()
+
+
+def _penetrance_levels(penetrance: float | Sequence[float]) -> list[float]:
+    """Return the penetrance levels as floats, checked to lie in [0, 1]."""
+    levels = np.atleast_1d(np.asarray(penetrance, dtype=float)).ravel()
+    if levels.size == 0:
+        raise ValueError("penetrance is empty; pass levels in [0, 1], e.g. (0, 0.5, 1).")
+    bad = levels[~((levels >= 0) & (levels <= 1))]  # NaN fails both comparisons
+    if bad.size:
+        raise ValueError(
+            f"penetrance must lie in [0, 1] (0: unperturbed, 1: the full predicted effect), "
+            f"got {bad.tolist()}: scaling a shift beyond what the model learned is an "
+            "extrapolation it cannot support. Use levels in [0, 1]."
+        )
+    return levels.tolist()

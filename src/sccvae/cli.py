@@ -34,7 +34,6 @@ import argparse
 import contextlib
 import logging
 import sys
-import warnings
 from collections.abc import Sequence
 
 logger = logging.getLogger(__name__)
@@ -65,12 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser of the ``sccvae`` command."""
     from sccvae._constants import MODEL_DEFAULTS, TRAIN_DEFAULTS
     from sccvae.benchmark import DEFAULT_MAX_EPOCHS, DEFAULT_METHODS, METHODS
+    from sccvae.benchmark._methods import DEFAULT_EPOCHS_TEXT
     from sccvae.data import SIMULATION_SCENARIOS
 
     parser = argparse.ArgumentParser(
         prog="sccvae",
         description="SCCVAE: single-cell causal VAE for genetic perturbation responses.",
     )
+    from sccvae import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     method_help = "; ".join(f"{k}: {v}" for k, v in METHODS.items())
@@ -175,8 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-epochs",
         type=_positive_int,
         default=DEFAULT_MAX_EPOCHS,
-        help="SCCVAE epochs; without it, the model's default: as many as give about 3,000 "
-        "optimiser steps (30 on the simulated screen)",
+        help=f"SCCVAE epochs; without it, {DEFAULT_EPOCHS_TEXT}",
     )
     per_split = "; ".join(f"{split}: {','.join(m)}" for split, m in DEFAULT_METHODS.items())
     bench.add_argument(
@@ -283,9 +285,8 @@ def _benchmark(args: argparse.Namespace, parser: argparse.ArgumentParser, argv) 
         train_kwargs["plan_kwargs"] = {"lr": args.lr}
     command = command_line(["sccvae", *argv] if argv is not None else None)
     try:
-        with _logging(args.quiet), warnings.catch_warnings():
-            # a known deprecation notice from inside Lightning, printed once per model fit
-            warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec.*")
+        # Lightning's LeafSpec deprecation notice is filtered where the model trains
+        with _logging(args.quiet):
             result = run_benchmark(
                 data=args.data,
                 perturbation_key=args.perturbation_key,

@@ -35,7 +35,14 @@ from ._data import (
     load_data,
 )
 from ._errors import BenchmarkInputError
-from ._methods import DEFAULT_MAX_EPOCHS, DEFAULT_MODEL_KWARGS, REGISTRY, fit_method, parse_methods
+from ._methods import (
+    DEFAULT_EPOCHS_TEXT,
+    DEFAULT_MAX_EPOCHS,
+    DEFAULT_MODEL_KWARGS,
+    REGISTRY,
+    fit_method,
+    parse_methods,
+)
 from ._progress import Progress, cpu_threads, quiet_lightning
 from ._result import HEADLINE_METRICS, BenchmarkResult
 
@@ -399,7 +406,7 @@ def run_benchmark(
         "methods": method_list,
         "reference": reference,
         "seed": int(seed),
-        "max_epochs": "model default (~3,000 steps)" if max_epochs is None else int(max_epochs),
+        "max_epochs": DEFAULT_EPOCHS_TEXT if max_epochs is None else int(max_epochs),
         "n_cells": int(n_cells),
         "n_de_genes": int(n_de_genes),
         "model_kwargs": {
@@ -418,11 +425,11 @@ def run_benchmark(
         config["eligible_perturbations"] = sorted(tested)
         config["always_train"] = [p for p in design.perturbations if p not in tested]
     logger.info(
-        "Benchmark: %s split, %d split(s), methods %s, epochs: %s",
+        "Benchmark: %s split, %d split(s), methods %s, SCCVAE epochs: %s",
         split,
         len(splits),
         method_list,
-        max_epochs,
+        config["max_epochs"],
     )
 
     rows: list[pd.DataFrame] = []
