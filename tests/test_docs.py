@@ -33,3 +33,12 @@ def test_docs_build_without_warnings(tmp_path):
         assert (html / f"{page}.html").exists(), page
     assert (html / "generated" / "sccvae.SCCVAE.html").exists()
     assert (html / "generated" / "sccvae.pl.perturbation_modules.html").exists()
+
+
+def test_readme_set_up_gets_the_code_and_says_which_torch_it_installs():
+    readme = (DOCS.parent / "README.md").read_text()
+    setup = readme.split("## Set-up")[1].split("## Quick start")[0]
+    assert "git clone https://github.com/sccvae/sccvae.git && cd sccvae" in setup
+    install = next(line for line in setup.splitlines() if line.startswith("pip install torch"))
+    assert "--index-url https://download.pytorch.org/whl/cpu" in install
+    assert "CUDA build" in setup and "docs/installation.md" in setup
