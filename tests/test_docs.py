@@ -42,3 +42,18 @@ def test_readme_set_up_gets_the_code_and_says_which_torch_it_installs():
     install = next(line for line in setup.splitlines() if line.startswith("pip install torch"))
     assert "--index-url https://download.pytorch.org/whl/cpu" in install
     assert "CUDA build" in setup and "docs/installation.md" in setup
+
+
+def test_user_guide_reads_over_fitting_on_the_perturbation_terms(toy_adata):
+    """The guide's rule names terms the history has, and not the total validation loss."""
+    import sccvae
+
+    guide = " ".join((DOCS / "user_guide.md").read_text().split())
+    assert "the total validation loss is *not* a test of over-fitting" in guide
+    assert "rises while the training loss falls means over-fitting" not in guide
+    sccvae.SCCVAE.setup_anndata(toy_adata)
+    model = sccvae.SCCVAE(toy_adata, n_latent=8, n_hidden=16)
+    model.train(max_epochs=1, enable_progress_bar=False)
+    for term in ("mean_error", "perturbed_reconstruction"):  # what the rule reads
+        assert f"{term}_validation" in model.history and f"{term}_train" in model.history
+        assert f"`{term}_validation` and" in guide or f"`{term}_validation` against" in guide
