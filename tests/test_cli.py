@@ -12,6 +12,8 @@ import sccvae
 from sccvae.cli import main
 from sccvae.data import simulate_perturbseq
 
+from .conftest import PERTURBENCH_DEVEL, PERTURBENCH_DEVEL_MISSING
+
 TINY = dict(n_genes=100, n_perturbations=10, n_cells_per_perturbation=30, n_control_cells=200)
 FAST = ["--max-epochs", "1", "--n-cells", "30", "--n-latent", "16", "--n-hidden", "32", "--quiet"]
 
@@ -52,6 +54,7 @@ def test_help(capsys):
         "--likelihood",
         "--obs-filter",
         "--n-seeds",
+        "--embedding",
     ):
         assert option in text
     flat = " ".join(text.split())
@@ -169,3 +172,89 @@ def test_n_seeds_flag(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         main(["benchmark", "--n-seeds", "2", *FAST])
     assert seen["n_seeds"] == 2
+
+
+def _embedding_frame(genes, n: int = 4) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    return pd.DataFrame(rng.normal(size=(len(genes), n)), index=list(genes))
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".parquet", ".h5ad"])
+def test_embedding_files_are_read_as_genes_by_dimensions(tmp_path, suffix):
+    import anndata as ad
+
+    from sccvae.benchmark import load_embedding
+
+    frame = _embedding_frame(["A", "B", "C"])
+    frame.columns = [f"d{i}" for i in range(frame.shape[1])]
+    path = tmp_path / f"embedding{suffix}"
+    if suffix == ".csv":
+        frame.to_csv(path)
+    elif suffix == ".tsv":
+        frame.to_csv(path, sep="\t")
+    elif suffix == ".parquet":
+        frame.to_parquet(path)
+    else:
+        ad.AnnData(frame.to_numpy(np.float32), obs=pd.DataFrame(index=frame.index)).write_h5ad(
+            path
+        )
+    read = load_embedding(path)
+    assert list(read.index) == ["A", "B", "C"] and read.shape == (3, 4)
+    np.testing.assert_allclose(read.to_numpy(), frame.to_numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("content", "name", "match"),
+    [
+        ("gene,d0\nA,1\nA,2\n", "e.csv", "more than once"),
+        ("gene,d0,label\nA,1,x\nB,2,y\n", "e.csv", "non-numeric columns ['label']"),
+        ("gene,d0\nA,1\nB,\n", "e.csv", "NaN"),
+        ("A 1\n", "e.txt", "use a file ending in"),
+    ],
+)
+def test_bad_embedding_file_exit_2(tiny_file, no_training, tmp_path, capsys, content, name, match):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(SystemExit) as info:
+        main(["benchmark", "--data", str(tiny_file), "--embedding", str(path), *FAST])
+    assert info.value.code == 2
+    assert match in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not PERTURBENCH_DEVEL.exists(), reason=PERTURBENCH_DEVEL_MISSING)
+def test_norman_unseen_split_with_an_embedding_file(tmp_path, capsys):
+    import anndata as ad
+
+    from sccvae._embedding import coexpression_embedding
+
+    full = ad.read_h5ad(PERTURBENCH_DEVEL)
+    norman = full[full.obs["dataset"] == "norman19"]
+    labels = norman.obs["condition"].astype(str)
+    targets = sorted({t for label in set(labels) - {"control"} for t in label.split("+")})
+    # an embedding as a user might bring: the measured genes by their coexpression, the
+    # unmeasured targets (30 of 31) by vectors of their own
+    measured = coexpression_embedding(
+        norman[labels == "control"].X, norman.var_names, n_components=8
+    )
+    others = _embedding_frame([t for t in targets if t not in measured.index], n=8)
+    others.columns = measured.columns
+    path = tmp_path / "norman_embedding.csv"
+    pd.concat([measured, others]).to_csv(path)
+    data = ["--data", str(PERTURBENCH_DEVEL), "--perturbation-key", "condition"]
+    data += ["--dataset", "norman19", "--split", "unseen", "--folds", "2"]
+    # without it, the default methods cannot test the unmeasured targets, and the error says
+    # how to give them one
+    with pytest.raises(SystemExit) as info:
+        main(["benchmark", *data, *FAST])
+    assert info.value.code == 2 and "--embedding PATH" in capsys.readouterr().err
+    out = tmp_path / "bench"
+    assert main(["benchmark", *data, "--embedding", str(path), "--out", str(out), *FAST]) == 0
+    results = pd.read_csv(out / "results.csv")
+    assert "sccvae" in set(results["method"])
+    assert {"linear", "knn", "mean"} <= set(results["method"])
+    assert "coexpression" not in set(results["method"])  # measured targets only: left out
+    assert results["perturbation"].nunique() == labels[labels != "control"].nunique()
+    summary = pd.read_csv(out / "summary.csv")
+    assert "sccvae" in set(summary["method"])
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "Left out of the default methods: coexpression" in printed

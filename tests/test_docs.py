@@ -33,3 +33,27 @@ def test_docs_build_without_warnings(tmp_path):
         assert (html / f"{page}.html").exists(), page
     assert (html / "generated" / "sccvae.SCCVAE.html").exists()
     assert (html / "generated" / "sccvae.pl.perturbation_modules.html").exists()
+
+
+def test_readme_set_up_gets_the_code_and_says_which_torch_it_installs():
+    readme = (DOCS.parent / "README.md").read_text()
+    setup = readme.split("## Set-up")[1].split("## Quick start")[0]
+    assert "git clone https://github.com/sccvae/sccvae.git && cd sccvae" in setup
+    install = next(line for line in setup.splitlines() if line.startswith("pip install torch"))
+    assert "--index-url https://download.pytorch.org/whl/cpu" in install
+    assert "CUDA build" in setup and "docs/installation.md" in setup
+
+
+def test_user_guide_reads_over_fitting_on_the_perturbation_terms(toy_adata):
+    """The guide's rule names terms the history has, and not the total validation loss."""
+    import sccvae
+
+    guide = " ".join((DOCS / "user_guide.md").read_text().split())
+    assert "the total validation loss is *not* a test of over-fitting" in guide
+    assert "rises while the training loss falls means over-fitting" not in guide
+    sccvae.SCCVAE.setup_anndata(toy_adata)
+    model = sccvae.SCCVAE(toy_adata, n_latent=8, n_hidden=16)
+    model.train(max_epochs=1, enable_progress_bar=False)
+    for term in ("mean_error", "perturbed_reconstruction"):  # what the rule reads
+        assert f"{term}_validation" in model.history and f"{term}_train" in model.history
+        assert f"`{term}_validation` and" in guide or f"`{term}_validation` against" in guide

@@ -44,10 +44,11 @@ def test_predict_unseen_and_combinations_shapes_and_labels(trained_model):
     pred = trained_model.predict(["g0", "g12", "g0+g12", "g3+g2+g1"], n_cells=30, seed=1)
     assert pred.shape == (120, trained_model.adata.n_vars)
     assert list(pred.var_names) == list(trained_model.adata.var_names)
-    # labels come back in canonical form: "g3+g2+g1" is "g1+g2+g3"
-    assert pred.obs["perturbation"].value_counts().to_dict() == {"g0": 30, "g12": 30, "g0+g12": 30, "g1+g2+g3": 30}
+    # labels come back as requested, with their canonical form beside them
+    assert pred.obs["perturbation"].value_counts().to_dict() == {"g0": 30, "g12": 30, "g0+g12": 30, "g3+g2+g1": 30}
+    assert pred.obs.groupby("perturbation")["canonical_perturbation"].first()["g3+g2+g1"] == "g1+g2+g3"
     assert pred.obs.groupby("perturbation")["seen"].first().to_dict() == {
-        "g0": True, "g12": False, "g0+g12": False, "g1+g2+g3": True,
+        "g0": True, "g12": False, "g0+g12": False, "g3+g2+g1": True,
     }
     assert np.all(np.isfinite(pred.X))
     # order of a combination does not matter
@@ -300,7 +301,8 @@ def test_train_rejects_no_epochs_and_predict_returns_canonical_labels(toy_adata)
     assert not model.is_trained_
     model.train(max_epochs=1, enable_progress_bar=False)
     pred = model.predict([" g1 + g0 ", "g2"], n_cells=3)
-    assert list(pred.obs["perturbation"].unique()) == ["g0+g1", "g2"]
+    assert list(pred.obs["perturbation"].unique()) == ["g1 + g0", "g2"]  # as asked, stripped
+    assert list(pred.obs["canonical_perturbation"].unique()) == ["g0+g1", "g2"]
     with pytest.raises(ValueError, match="more than once"):
         model.predict(["g0+g0"])
 

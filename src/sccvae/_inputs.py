@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import scipy.sparse as sp
+
+from ._perturbations import check_control_label, parse_perturbation, perturbation_labels
 
 #: Rows read at a time from a (possibly backed or sparse) matrix.
 CHUNK = 2048
@@ -19,6 +23,44 @@ def _values(matrix) -> np.ndarray:
     if sp.issparse(matrix):
         return matrix.data
     return np.asarray(matrix).ravel()
+
+
+def check_setup(
+    adata,
+    perturbation_key: str,
+    control_label: str,
+    layer: str | None,
+    delimiter: str,
+    min_cells: int,
+    stacklevel: int = 2,
+) -> None:
+    """Check an AnnData before registration; nothing is written into it.
+
+    Every label must parse (:func:`~sccvae._perturbations.parse_perturbation`), control
+    cells must exist, ``layer`` must exist and the expression be finite (errors); labels with
+    fewer than ``min_cells`` cells are warned about. ``stacklevel`` is that of the caller.
+    """
+    labels = perturbation_labels(adata.obs, perturbation_key)
+    check_control_label(labels, control_label, perturbation_key)
+    uniques, counts = np.unique(labels, return_counts=True)
+    for label in uniques:
+        parse_perturbation(label, control_label, delimiter)
+    if layer is not None and layer not in adata.layers:
+        raise KeyError(f"Layer {layer!r} not found in adata.layers ({list(adata.layers)}).")
+    where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+    check_finite(adata.X if layer is None else adata.layers[layer], where)
+    rare = [
+        f"{u} ({c})"
+        for u, c in zip(uniques, counts, strict=True)
+        if c < min_cells and u != control_label
+    ]
+    if rare:
+        warnings.warn(
+            f"{len(rare)} perturbation(s) have fewer than {min_cells} cells and will be "
+            f"learned poorly: {rare[:10]}.",
+            UserWarning,
+            stacklevel=stacklevel + 1,
+        )
 
 
 def check_finite(matrix, where: str) -> None:
@@ -42,16 +84,77 @@ def expression_floor(matrix) -> float | None:
     For non-negative (e.g. ``log1p``) data no prediction goes below 0, as a knock-down cannot
     take a gene below zero counts.
     """
+    return 0.0 if _lowest(matrix) >= 0 else None
+
+
+def _lowest(matrix) -> float:
+    """Return the smallest value of a dense, sparse or backed matrix (0 when empty)."""
     if isinstance(matrix, np.ndarray | np.matrix) or sp.issparse(matrix):
         values = _values(matrix)
         lowest = float(values.min()) if values.size else 0.0
-    else:
-        rows = range(0, matrix.shape[0], CHUNK)
-        lowest = min(float(dense(matrix[i : i + CHUNK]).min()) for i in rows)
-    return 0.0 if lowest >= 0 else None
+        # a sparse matrix with implicit zeros holds 0 too
+        if sp.issparse(matrix) and values.size < np.prod(matrix.shape):
+            lowest = min(lowest, 0.0)
+        return lowest
+    rows = range(0, matrix.shape[0], CHUNK)
+    return min((float(dense(matrix[i : i + CHUNK]).min()) for i in rows), default=0.0)
+
+
+def looks_like_counts(matrix, n_check: int = 100_000) -> bool:
+    """Tell whether ``matrix`` holds raw counts: non-negative integers, some above 1.
+
+    Log-normalised values are almost never integers, so integer values mean counts; a 0 / 1
+    matrix is more likely binarised than counts and is left as it is. Only the first
+    ``n_check`` stored values are read (of the first rows, for a backed matrix).
+    """
+    if not (isinstance(matrix, np.ndarray | np.matrix) or sp.issparse(matrix)):
+        matrix = matrix[:CHUNK]
+    values = np.asarray(_values(matrix)[:n_check])
+    if values.size == 0:
+        return False
+    return bool(values.min() >= 0 and np.all(values == np.round(values)) and values.max() > 1)
+
+
+def check_expression(matrix, where: str, likelihood: str, stacklevel: int = 2) -> float | None:
+    """Check the registered expression against the likelihood; return the expression floor.
+
+    ``"nb"`` needs raw counts (a ValueError otherwise, see :func:`check_counts`) and has no
+    floor. ``"gaussian"`` models log-normalised expression: raw counts get a UserWarning
+    naming both fixes (``likelihood="nb"``, or ``normalize_total`` + ``log1p``), negative
+    (scaled) values one saying that predictions have no floor and stay on that scale.
+    ``stacklevel`` is that of the caller's caller, the user's line.
+    """
+    if likelihood == "nb":
+        check_counts(matrix, where)
+        return 0.0
+    if looks_like_counts(matrix):
+        warnings.warn(
+            f"{where} looks like raw counts (non-negative integers), but likelihood='gaussian' "
+            "models log-normalised expression: the model would fit and predict counts on a "
+            "linear scale, dominated by the most expressed genes. Either keep the counts and "
+            "use SCCVAE(adata, likelihood='nb'), or log-normalise them first "
+            "(scanpy.pp.normalize_total(adata, target_sum=1e4); scanpy.pp.log1p(adata)) and "
+            "call setup_anndata again.",
+            UserWarning,
+            stacklevel=stacklevel + 1,
+        )
+    floor = expression_floor(matrix)
+    if floor is None:
+        warnings.warn(
+            f"{where} has negative values (scaled or z-scored expression?): with "
+            "likelihood='gaussian' predictions are on that scale and have no expression floor "
+            "(a knock-down can take a gene below any observed value). For a floor at zero "
+            "and changes on the log scale, register log-normalised expression "
+            "(normalize_total + log1p, not scaled), e.g. a layer kept before scaling "
+            "(setup_anndata(adata, layer='log1p')).",
+            UserWarning,
+            stacklevel=stacklevel + 1,
+        )
+    return floor
 
 
 def check_counts(matrix, where: str) -> None:
+    """Raise a ValueError unless ``matrix`` holds non-negative integers (raw counts)."""
     for start in range(0, matrix.shape[0], CHUNK):
         values = _values(matrix[start : start + CHUNK])
         if np.any(values < 0):

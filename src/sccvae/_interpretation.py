@@ -14,10 +14,9 @@ import importlib.util
 import logging
 import warnings
 from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import anndata as ad
-import networkx as nx
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -26,6 +25,9 @@ import torch
 from ._constants import REGISTRY_KEYS
 from ._interventions import build_intervention
 from ._perturbations import canonical_label, perturbation_labels
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 logger = logging.getLogger(__name__)
 
@@ -87,16 +89,17 @@ class InterpretationMixin:
         shift goes (each node's share of its squared shift; a one-hot row for a node gene),
         ``obsm["decoded_change"]`` = the mean change of the control cells' counterfactuals
         under the perturbation, as :meth:`predict` makes them (residuals and expression floor
-        included; genes, log-normalised scale), ``obs["magnitude"]`` (sum of the targets'
-        ``c_t``), ``obs["n_targets"]``, ``obs["seen"]``; ``uns["control_causal_mean"]`` is
+        included; genes, log-normalised scale), ``obs[perturbation_key]`` (the labels as
+        given, stripped; they name the rows), ``obs["canonical_perturbation"]``,
+        ``obs["magnitude"]`` (sum of the targets' ``c_t``), ``obs["n_targets"]``,
+        ``obs["seen"]``; ``uns["control_causal_mean"]`` is
         the mean ``u`` of unperturbed cells, the reference point of the shifts, and
         ``uns["genes"]`` the columns of ``decoded_change``.
         """
-        perturbations = (
-            self._training_perturbations()
-            if perturbations is None
-            else self._canonical_labels(perturbations)
-        )
+        if perturbations is None:
+            requested = perturbations = self._training_perturbations()
+        else:
+            requested, perturbations = self._requested_labels(perturbations)
         self._check_if_trained(warn=True)
         self.module.eval()
         module = self.module
@@ -121,12 +124,13 @@ class InterpretationMixin:
         u0 = module.scm(z)
         obs = pd.DataFrame(
             {
-                self.perturbation_key_: perturbations,
+                self.perturbation_key_: requested,
+                "canonical_perturbation": perturbations,
                 "magnitude": (weights @ targets["magnitude"]).cpu().numpy(),
                 "n_targets": weights.sum(dim=1).cpu().numpy().astype(int),
                 "seen": intervention.seen,
             },
-            index=pd.Index(perturbations).astype(str),
+            index=pd.Index(requested).astype(str),
         )
         result = ad.AnnData(
             torch.stack(causal).cpu().numpy().astype(np.float32),
@@ -167,6 +171,13 @@ class InterpretationMixin:
         :class:`networkx.DiGraph` over ``latent_node_names_`` (gene names for gene nodes)
         with a ``weight`` on each edge.
         """
+        import networkx as nx
+
+        if not np.isfinite(threshold) or threshold < 0:
+            raise ValueError(
+                f"threshold is compared with |weight| and must be a number >= 0, got "
+                f"{threshold!r}; threshold=0 gives every learned edge."
+            )
         adjacency = self.module.scm.adjacency.detach().cpu().numpy()
         graph = nx.DiGraph()
         graph.add_nodes_from(self.latent_node_names_)

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import anndata as ad
-import networkx as nx
 import numpy as np
 import pandas as pd
 import torch
@@ -24,33 +22,20 @@ from ._calibration import calibrate_training_targets, estimate_decrease_bound
 from ._constants import MODEL_DEFAULTS, REGISTRY_KEYS, TRAIN_DEFAULTS
 from ._dataloading import PerturbationDataSplitter
 from ._embedding import build_embedding
-from ._inputs import (
-    check_counts,
-    check_finite,
-    check_loadable_genes,
-    expression_floor,
-    log_normalize,
-)
+from ._inputs import check_expression, check_loadable_genes, check_setup, log_normalize
 from ._interpretation import InterpretationMixin
 from ._interventions import UNSEEN_MAGNITUDE_RULES, fit_unseen_maps
 from ._module import SCCVAEModule
 from ._nodes import gene_nodes, observed_own_changes
-from ._perturbations import (
-    Targets,
-    check_control_label,
-    parse_perturbation,
-    perturbation_labels,
-    target_matrix,
-)
+from ._perturbations import Targets, parse_perturbation, target_matrix
 from ._prediction import PredictionMixin
 from ._quiet import without_notices
+from ._reference import check_loadable_labels, check_loaded_data, training_reference
 from ._scm import build_graph_mask
-from ._training_plan import (
-    SCCVAETrainingPlan,
-    default_epochs,
-    torch_threads,
-    training_threads,
-)
+from ._training_plan import SCCVAETrainingPlan, default_epochs, torch_threads, training_threads
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 logger = logging.getLogger(__name__)
 
@@ -219,7 +204,8 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
             control_reconstruction_weight = defaults["control_reconstruction_weight"]
         if unseen_magnitude != "auto" and unseen_magnitude not in UNSEEN_MAGNITUDE_RULES:
             raise ValueError(
-                f"unseen_magnitude must be 'auto' or in {UNSEEN_MAGNITUDE_RULES}, not {unseen_magnitude!r}."
+                f"unseen_magnitude must be 'auto' or in {UNSEEN_MAGNITUDE_RULES}, not "
+                f"{unseen_magnitude!r}."
             )
         self._unseen_magnitude = unseen_magnitude
         self.unseen_magnitude_ = "standardized" if unseen_magnitude == "auto" else unseen_magnitude
@@ -241,10 +227,10 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
         parsed = [self._parse(label) for label in labels]
         self.targets_, label_targets = target_matrix(parsed)
 
-        # counterfactuals of counts are made on their log-normalised scale, floored at zero
-        floor = 0.0 if likelihood == "nb" else expression_floor(self._expression(self.adata))
-        if likelihood == "nb":
-            check_counts(self._expression(self.adata), self._layer_description())
+        # counterfactuals of counts are made on their log-normalised scale, floored at zero;
+        # counts or scaled values under "gaussian" are warned about
+        expression = self._expression(self.adata)
+        floor = check_expression(expression, self._layer_description(), likelihood)
         control, _ = self._control_expression(self.adata)
         control = log_normalize(control) if likelihood == "nb" else control
         if latent_nodes == "genes":
@@ -286,7 +272,7 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
                 .astype(int)
             )
             magnitude = observed_own_changes(
-                self._expression(self.adata), codes, parsed, self.targets_, target_nodes, self.var_names_,
+                expression, codes, parsed, self.targets_, target_nodes, self.var_names_,
                 center, scale, counts=likelihood == "nb",
             )  # fmt: skip
         # Initial weights come from `seed` without touching the caller's global torch RNG.
@@ -322,11 +308,15 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
             )
         graph_name = graph if isinstance(graph, str) else f"user DAG ({int(mask.sum())} edges)"
         self._model_summary_string = (
-            f"SCCVAE: {mask.shape[0]} {latent_nodes} nodes, n_hidden={n_hidden}, n_layers={n_layers}, "
-            f"graph={graph_name}, likelihood={likelihood}, "
-            f"{len(self.targets_)} training targets ({int((target_nodes >= 0).sum())} node genes), "
-            f"{len(labels) - 1} perturbations."
+            f"SCCVAE: {_count(mask.shape[0], latent_nodes[:-1] + ' node')}, "
+            f"n_hidden={n_hidden}, n_layers={n_layers}, graph={graph_name}, "
+            f"likelihood={likelihood}, {_count(len(self.targets_), 'training target')} "
+            f"({_count(int((target_nodes >= 0).sum()), 'node gene')}), "
+            f"{_count(len(labels) - 1, 'perturbation')}."
         )
+        # `load` rebuilds the module from init_params_ on the AnnData it is given: keep the
+        # embedding as built here, as its width follows the training control cells
+        perturbation_embedding = self.gene_embedding_
         self.init_params_ = self._get_init_params(locals())
 
     # ------------------------------------------------------------------ setup
@@ -359,27 +349,10 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
             Passed to :meth:`scvi.data.AnnDataManager.register_fields`.
         """
         setup_method_args = cls._get_setup_method_args(**locals())
-        labels = perturbation_labels(adata.obs, perturbation_key)
-        check_control_label(labels, control_label, perturbation_key)
-        uniques, counts = np.unique(labels, return_counts=True)
-        for label in uniques:
-            parse_perturbation(label, control_label, combination_delimiter)
-        if layer is not None and layer not in adata.layers:
-            raise KeyError(f"Layer {layer!r} not found in adata.layers ({list(adata.layers)}).")
-        where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
-        check_finite(adata.X if layer is None else adata.layers[layer], where)
-        rare = [
-            f"{u} ({c})"
-            for u, c in zip(uniques, counts, strict=True)
-            if c < MIN_CELLS_PER_PERTURBATION and u != control_label
-        ]
-        if rare:
-            warnings.warn(
-                f"{len(rare)} perturbation(s) have fewer than {MIN_CELLS_PER_PERTURBATION} cells "
-                f"and will be learned poorly: {rare[:10]}.",
-                UserWarning,
-                stacklevel=settings.warnings_stacklevel,
-            )
+        check_setup(
+            adata, perturbation_key, control_label, layer, combination_delimiter,
+            min_cells=MIN_CELLS_PER_PERTURBATION, stacklevel=settings.warnings_stacklevel,
+        )  # fmt: skip
         anndata_fields = [
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=False),
             CategoricalObsField(REGISTRY_KEYS.PERTURBATION_KEY, perturbation_key),
@@ -390,7 +363,22 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
 
     @classmethod
     def load(cls, dir_path: str, adata: ad.AnnData | None = None, **kwargs):
-        """Load a saved model, checking first that ``adata`` has the model's genes in order.
+        """Load a saved model onto ``adata`` (or the AnnData saved with it).
+
+        Before anything is written into ``adata``, checks that it has the model's genes in
+        order and no label the model was not trained on (errors that say what to do). Then,
+        as scvi-tools' registration requires, ``adata`` is registered with the model's
+        setup: ``obs["_scvi_perturbation"]`` gets the label codes *of the training data*
+        (added if ``adata`` was never set up, rewritten if it was), and
+        ``uns["_scvi_uuid"]`` / ``uns["_scvi_manager_uuid"]`` are set. Nothing else of
+        ``adata`` is changed.
+
+        Predictions start from the control cells of the AnnData the model is loaded onto.
+        When they differ from the training control cells (another cell type, another screen
+        with the same genes) a UserWarning says so, naming the training labels ``adata``
+        lacks (see :func:`sccvae._reference.check_loaded_data`); the training data or a
+        subset of it (e.g. its control cells alone) loads silently. Models saved before the
+        training reference existed are not compared.
 
         Parameters
         ----------
@@ -406,7 +394,11 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
                 registry = cls.load_registry(dir_path, prefix=kwargs.get("prefix"))
                 state = registry["field_registries"][REGISTRY_KEYS.X_KEY]["state_registry"]
                 check_loadable_genes(adata, state["column_names"])
-            return super().load(dir_path, adata=adata, **kwargs)
+                check_loadable_labels(registry, adata)
+            model = super().load(dir_path, adata=adata, **kwargs)
+        if adata is not None:
+            check_loaded_data(model, adata)
+        return model
 
     # ------------------------------------------------------------------ train
     def train(
@@ -540,11 +532,14 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
         ):
             torch.manual_seed(self.seed_)
             result = runner()
-            if calibrate:
+            if calibrate:  # a progress bar as the trainer's, for a step that takes a while
                 self.calibration_ = calibrate_training_targets(
-                    self, data_splitter.train_idx, seed=self.seed_
-                )
+                    self, data_splitter.train_idx, seed=self.seed_,
+                    progress=trainer_kwargs.get("enable_progress_bar", True),
+                )  # fmt: skip
         self.fit_unseen_maps(data_splitter.train_idx)
+        # what predictions and later loads are compared with (saved with the model)
+        self.training_reference_ = training_reference(self, data_splitter.train_idx)
         return result
 
     def fit_unseen_maps(self, train_indices: Sequence[int] | None = None) -> None:
@@ -593,3 +588,7 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
             raise KeyError(f"Layer {layer!r}, used at setup, is missing from the AnnData given.")
         return adata.X if layer is None else adata.layers[layer]
 
+
+def _count(n: int, noun: str) -> str:
+    """``n`` and ``noun``, plural unless ``n`` is 1 (``"1 node gene"``, ``"64 gene nodes"``)."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"

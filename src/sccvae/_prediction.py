@@ -17,6 +17,7 @@ from ._calibration import fitted_gap, reference_cells
 from ._inputs import CHUNK, check_model_genes, dense, log_normalize
 from ._interventions import build_intervention, unseen_magnitude
 from ._perturbations import canonical, check_control_label, perturbation_labels
+from ._reference import flag_extrapolation
 
 logger = logging.getLogger(__name__)
 
@@ -77,34 +78,55 @@ class PredictionMixin:
 
         Returns
         -------
-        A new AnnData with the model's ``var_names``, ``obs[perturbation_key]`` holding the
-        requested labels in canonical form (whitespace stripped, targets sorted: ``" B + A"``
-        gives ``"A+B"``), ``obs["seen"]`` (all targets seen in training),
+        A new AnnData with the model's ``var_names``, ``obs[perturbation_key]`` holding each
+        label as requested (stripped of surrounding spaces: ``" B+A "`` gives ``"B+A"``),
+        ``obs["canonical_perturbation"]`` its canonical form (targets sorted: ``"A+B"``),
+        ``obs["seen"]`` (all targets seen in training), ``obs["extrapolated"]``,
         ``obs["control_cell"]`` (the source cell) and ``X`` the predicted expression in the
         input's space (log-normalised values for ``likelihood="gaussian"``, counts for
         ``"nb"``). The input AnnData is not modified.
+
+        A perturbation that was not a training label is *extrapolated* when its predicted
+        mean change is larger than that of any training perturbation, or when a gene's
+        predicted mean leaves the range of that gene in the training cells: no observed
+        perturbation supports such a prediction. It is flagged in ``obs["extrapolated"]``
+        and a UserWarning names it (see :mod:`sccvae._reference`); the prediction itself is
+        returned as the model makes it.
+
+        Warns
+        -----
+        UserWarning
+            For extrapolated predictions, with the numbers that flagged them.
         """
-        perturbations = self._canonical_labels(perturbations)
+        requested, perturbations = self._requested_labels(perturbations)
         self._check_if_trained(warn=True)
         self.module.eval()
         intervention = build_intervention(self, perturbations)
-        z, library, names, source = self._encode_controls(adata, n_cells, seed)
-        source = source if counterfactual else None
-        blocks, obs = [], []
+        z, library, names, x = self._encode_controls(adata, n_cells, seed)
+        source = x if counterfactual else None
+        blocks, obs, means = [], [], []
         for row, label in enumerate(perturbations):
             cells = self._decode_intervention(
                 z, library, intervention.weights[row], intervention.targets, source, log_normalized
             )
             blocks.append(cells.cpu().numpy())
+            means.append(self.module.log_expression(cells).mean(dim=0))
             obs.append(
                 pd.DataFrame(
                     {
-                        self.perturbation_key_: label,
+                        self.perturbation_key_: requested[row],
+                        "canonical_perturbation": label,
                         "seen": intervention.seen[row],
                         "control_cell": names,
                     }
                 )
             )
+        extrapolated = flag_extrapolation(
+            self, requested, perturbations, torch.stack(means),
+            self.module.log_expression(x).mean(dim=0),
+        )  # fmt: skip
+        for frame, flag in zip(obs, extrapolated, strict=True):
+            frame.insert(3, "extrapolated", flag)
         return self._cells_to_anndata(blocks, pd.concat(obs), return_mean, self.perturbation_key_)
 
     @torch.inference_mode()
@@ -129,11 +151,12 @@ class PredictionMixin:
 
         Returns
         -------
-        AnnData with ``obs["penetrance"]`` and ``obs[perturbation_key]``; ``return_mean``
-        gives one row per penetrance.
+        AnnData with ``obs["penetrance"]``, ``obs[perturbation_key]`` (the label as given,
+        stripped) and ``obs["canonical_perturbation"]``; ``return_mean`` gives one row per
+        penetrance.
         """
-        penetrance = [float(p) for p in np.atleast_1d(penetrance)]
-        (perturbation,) = self._canonical_labels([perturbation])
+        penetrance = _penetrance_levels(penetrance)
+        (requested,), (perturbation,) = self._requested_labels([perturbation])
         self._check_if_trained(warn=True)
         self.module.eval()
         intervention = build_intervention(self, [perturbation])
@@ -147,7 +170,8 @@ class PredictionMixin:
             obs.append(
                 pd.DataFrame(
                     {
-                        self.perturbation_key_: perturbation,
+                        self.perturbation_key_: requested,
+                        "canonical_perturbation": perturbation,
                         "penetrance": level,
                         "control_cell": names,
                     }
@@ -207,14 +231,23 @@ class PredictionMixin:
 
     # ------------------------------------------------------------------ helpers
     def _canonical_labels(self, perturbations: str | Sequence[str]) -> list[str]:
+        return self._requested_labels(perturbations)[1]
+
+    def _requested_labels(self, perturbations: str | Sequence[str]) -> tuple[list[str], list[str]]:
+        """Return the labels as the user wrote them (stripped) and in canonical form.
+
+        Results carry the first, so that a user finds the label they asked for; the model
+        works with the second (``"B+A"`` and ``"A+B"`` are one perturbation).
+        """
         labels = (
             [perturbations] if isinstance(perturbations, str) else [str(p) for p in perturbations]
         )
         if not labels:
             raise ValueError("No perturbations given to predict.")
-        return [
+        canon = [
             canonical(label, self.control_label_, self.combination_delimiter_) for label in labels
         ]
+        return [label.strip() for label in labels], canon
 
     def _unseen_node_magnitudes(self, genes: Sequence[int]) -> np.ndarray:
         """Own-node shift ``c`` of genes absent from training, by :attr:`unseen_magnitude_`."""
@@ -418,3 +451,18 @@ class PredictionMixin:
         check_control_label(labels, self.control_label_, self.perturbation_key_)
         rows = np.flatnonzero(labels == self.control_label_)
         return self._expression(adata)[rows], adata.obs_names[rows].to_numpy()
+
+
+def _penetrance_levels(penetrance: float | Sequence[float]) -> list[float]:
+    """Return the penetrance levels as floats, checked to lie in [0, 1]."""
+    levels = np.atleast_1d(np.asarray(penetrance, dtype=float)).ravel()
+    if levels.size == 0:
+        raise ValueError("penetrance is empty; pass levels in [0, 1], e.g. (0, 0.5, 1).")
+    bad = levels[~((levels >= 0) & (levels <= 1))]  # NaN fails both comparisons
+    if bad.size:
+        raise ValueError(
+            f"penetrance must lie in [0, 1] (0: unperturbed, 1: the full predicted effect), "
+            f"got {bad.tolist()}: scaling a shift beyond what the model learned is an "
+            "extrapolation it cannot support. Use levels in [0, 1]."
+        )
+    return levels.tolist()

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import networkx as nx
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +66,8 @@ def build_graph_mask(
             f"Unknown graph {graph!r}: use one of {GRAPH_CHOICES}, or pass a DAG over the "
             f"{n_latent} latent nodes (numpy array, pandas DataFrame or networkx.DiGraph)."
         )
+    import networkx as nx  # only for user graphs: importing it costs every model otherwise
+
     digraph = _as_digraph(graph, n_latent)
     if not nx.is_directed_acyclic_graph(digraph):
         cycle = nx.find_cycle(digraph)
@@ -80,6 +84,8 @@ def build_graph_mask(
 
 
 def _as_digraph(graph: Any, n_latent: int | None) -> nx.DiGraph:
+    import networkx as nx
+
     if isinstance(graph, nx.DiGraph):
         digraph = graph.copy()
         if n_latent is not None and digraph.number_of_nodes() != n_latent:

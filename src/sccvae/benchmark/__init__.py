@@ -17,8 +17,10 @@ Leakage rules followed here:
 - Validation cells are given to SCCVAE so its validation loss is logged (and early stopping
   can use it); no test cell is used for training or for any choice.
 
-The parts: ``_data`` (reading, simulating and splitting the data), ``_methods`` (the
-registry of methods behind one fit / predict protocol), ``_runner`` (the run), ``_report``
+The parts: ``_data`` (reading, simulating and splitting the data, reading gene embeddings),
+``_methods`` (the registry of methods behind one fit / predict protocol), ``_coverage``
+(what each method can represent, so which perturbations a run can test), ``_runner`` (the
+run), ``_report``
 (tables, verdicts, markdown and plots) and ``_progress`` (progress bars and threads).
 Methods: :data:`METHODS`.
 """
@@ -28,6 +30,7 @@ from sccvae._lazy import lazy_attributes
 _LAZY = {
     "SIMULATED_COMBINATIONS": "._data",
     "load_data": "._data",
+    "load_embedding": "._data",
     "DEFAULT_MAX_EPOCHS": "._methods",
     "DEFAULT_METHODS": "._methods",
     "DEFAULT_MODEL_KWARGS": "._methods",

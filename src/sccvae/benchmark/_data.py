@@ -41,20 +41,6 @@ def _as_float32(x):
     return np.asarray(x, dtype=np.float32)
 
 
-def _looks_like_counts(x, n_check: int = 100_000) -> bool:
-    """Tell whether ``x`` holds raw counts: non-negative integers, some above 1.
-
-    Log-normalised values are almost never integers, so integer values mean counts; a 0 / 1
-    matrix is more likely binarised than counts and is left as it is. Only the first
-    ``n_check`` stored values are read.
-    """
-    values = x.data if sp.issparse(x) else np.asarray(x).ravel()
-    values = np.asarray(values[:n_check])
-    if values.size == 0:
-        return False
-    return bool(values.min() >= 0 and np.all(values == np.round(values)) and values.max() > 1)
-
-
 def load_data(
     data: str | os.PathLike = "simulated",
     dataset: str | None = None,
@@ -145,6 +131,77 @@ def load_data(
         logger.warning(msg)
         description["note"] = msg
     return adata, description
+
+
+#: File types :func:`load_embedding` reads.
+EMBEDDING_FORMATS = (".csv", ".tsv", ".parquet", ".h5ad")
+
+
+def load_embedding(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a gene embedding (genes x dimensions) for ``perturbation_embedding``.
+
+    Parameters
+    ----------
+    path
+        ``.csv`` / ``.tsv``: a table with gene names in its first column (the index) and one
+        numeric column per dimension; ``.parquet``: the same (its stored index, else its
+        first column, names the genes); ``.h5ad``: genes as ``obs_names``, dimensions in
+        ``X``.
+
+    Returns
+    -------
+    A float32 DataFrame indexed by gene name (strings), as SCCVAE
+    (``perturbation_embedding=``), the linear baseline and kNN take it.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    BenchmarkInputError
+        For another file type, an empty table, non-numeric or non-finite values, or a gene
+        named twice.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(
+            f"Embedding file {str(path)!r} not found; pass a genes x dimensions table "
+            f"({', '.join(EMBEDDING_FORMATS)})."
+        )
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".tsv"):
+        frame = pd.read_csv(path, index_col=0, sep="\t" if suffix == ".tsv" else ",")
+    elif suffix == ".parquet":
+        frame = pd.read_parquet(path)
+        if isinstance(frame.index, pd.RangeIndex) and frame.shape[1] > 1:
+            frame = frame.set_index(frame.columns[0])  # gene names stored as a column
+    elif suffix == ".h5ad":
+        import anndata as ad
+
+        table = ad.read_h5ad(path)
+        x = table.X.toarray() if sp.issparse(table.X) else np.asarray(table.X)
+        frame = pd.DataFrame(x, index=table.obs_names, columns=table.var_names)
+    else:
+        raise BenchmarkInputError(
+            f"Cannot read the embedding {path.name!r}: use a file ending in "
+            f"{', '.join(EMBEDDING_FORMATS)} (genes x dimensions, gene names as the index)."
+        )
+    where = f"The embedding {path.name!r}"
+    if frame.empty:
+        raise BenchmarkInputError(f"{where} is empty; it needs one row per gene.")
+    text = [str(c) for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
+    if text:
+        raise BenchmarkInputError(
+            f"{where} has non-numeric columns {text[:5]}: it must hold gene names in its "
+            "index (the first column of a CSV) and numbers in every other column."
+        )
+    frame.index = pd.Index([str(g) for g in frame.index])
+    if frame.index.has_duplicates:
+        twice = sorted(set(frame.index[frame.index.duplicated()]))
+        raise BenchmarkInputError(f"{where} names genes more than once: {twice[:5]}.")
+    values = frame.to_numpy(dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise BenchmarkInputError(f"{where} has NaN or infinite values; fill or drop them.")
+    return frame.astype(np.float32)
 
 
 def _describe(adata: AnnData, design: PerturbationDesign) -> dict[str, Any]:
@@ -256,17 +313,6 @@ def _make_splits(
 def _onehot_embedding(targets: Sequence[str]) -> pd.DataFrame:
     targets = sorted(set(targets))
     return pd.DataFrame(np.eye(len(targets), dtype=np.float32), index=targets, columns=targets)
-
-
-def _with_onehot(embedding: pd.DataFrame, targets: Sequence[str]) -> pd.DataFrame:
-    """Return ``embedding`` with one-hot rows (in new columns) for ``targets`` it lacks."""
-    frame = embedding.astype(np.float32)
-    frame.index = pd.Index([str(g) for g in frame.index])
-    frame.columns = [f"embedding_{c}" for c in frame.columns]
-    missing = sorted(set(targets) - set(frame.index))
-    onehot = _onehot_embedding(missing).add_prefix("onehot_")
-    # block diagonal: a one-hot target is zero on the embedding's columns and vice versa
-    return pd.concat([frame, onehot]).fillna(0.0).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,6 +28,13 @@ logger = logging.getLogger(__name__)
 #: 3,000 optimiser steps, :func:`sccvae._model.default_epochs`).
 DEFAULT_MAX_EPOCHS: int | None = None
 
+#: What ``max_epochs=None`` trains for, in the words of ``--help``, the log and ``config``;
+#: the epochs each fold trained for are logged and in ``training.csv``.
+DEFAULT_EPOCHS_TEXT = (
+    "the model's default, as many epochs as give about 3,000 optimiser steps (31 per fold on "
+    "the simulated screen's unseen split)"
+)
+
 #: SCCVAE arguments the benchmark sets unless ``model_kwargs`` overrides them (none: the
 #: model's defaults).
 DEFAULT_MODEL_KWARGS: dict[str, Any] = {}
@@ -151,6 +158,7 @@ def _fit_sccvae(fold: Fold, settings: RunSettings, progress, name: str) -> Fitte
     seconds = time.perf_counter() - start
     progress.remove(task)
     epochs = len(model.history["train_loss"])
+    logger.info("%s (%s): trained for %d epochs in %.0f s", name, fold.name, epochs, seconds)
     info = {"seconds": seconds, "epochs": epochs, **_history_summary(model)}
     # how unseen targets were described, chosen after training on the training targets
     info["unseen_magnitude"] = model.unseen_magnitude_

@@ -328,7 +328,11 @@ def _frame_markdown(frame: pd.DataFrame) -> str:
 
 
 def plot_metrics(result: BenchmarkResult, path: str | os.PathLike, metrics=PLOT_METRICS) -> None:
-    """Bar plot of each metric's mean per method with its 95 % bootstrap CI."""
+    """Bar plot of each metric's mean per method with its 95 % bootstrap CI.
+
+    A metric a method has no value for (undefined, e.g. the Pearson correlation of the
+    control baseline's zero change) gets no bar but "n/a" at its place.
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -347,13 +351,18 @@ def plot_metrics(result: BenchmarkResult, path: str | os.PathLike, metrics=PLOT_
         lo = np.clip(mean - sm["ci_low"].to_numpy(dtype=float), 0, None)
         hi = np.clip(sm["ci_high"].to_numpy(dtype=float) - mean, 0, None)
         x = np.arange(len(methods))
+        # an undefined metric (e.g. the Pearson of control's zero change) is no bar and
+        # "n/a", not a bar at zero that reads as a score
+        defined = np.isfinite(mean)
         ax.bar(
-            x,
-            np.nan_to_num(mean),
-            yerr=np.nan_to_num(np.vstack([lo, hi])),
-            color=[colors(i % 10) for i in range(len(methods))],
+            x[defined],
+            mean[defined],
+            yerr=np.nan_to_num(np.vstack([lo, hi])[:, defined]),
+            color=[colors(i % 10) for i in np.flatnonzero(defined)],
             capsize=3,
         )
+        for i in np.flatnonzero(~defined):
+            ax.text(x[i], 0, "n/a", ha="center", va="bottom", fontsize=7, color="0.4", rotation=90)
         ax.set_xticks(x)
         ax.set_xticklabels(methods, rotation=45, ha="right", fontsize=8)
         ax.set_title(_metric_label(metric), fontsize=9)

@@ -16,6 +16,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from sccvae._inputs import looks_like_counts
 from sccvae._perturbations import (
     PerturbationDesign,
     design_of,
@@ -24,19 +25,25 @@ from sccvae._perturbations import (
 from sccvae.metrics import METRICS, evaluate, fit_pca, mean_of_perturbation_means, summarize
 from sccvae.splits import Split
 
+from ._coverage import _check_training_coverage, _target_embedding, _unseen_targets
 from ._data import (
     COUNTS_LAYER,
     SPLITS,
     _describe,
     _filter_cells,
-    _looks_like_counts,
     _make_splits,
-    _onehot_embedding,
     _working_copy,
     load_data,
 )
 from ._errors import BenchmarkInputError
-from ._methods import DEFAULT_MAX_EPOCHS, DEFAULT_MODEL_KWARGS, REGISTRY, fit_method, parse_methods
+from ._methods import (
+    DEFAULT_EPOCHS_TEXT,
+    DEFAULT_MAX_EPOCHS,
+    DEFAULT_MODEL_KWARGS,
+    REGISTRY,
+    fit_method,
+    parse_methods,
+)
 from ._progress import Progress, cpu_threads, quiet_lightning
 from ._result import HEADLINE_METRICS, BenchmarkResult
 
@@ -335,7 +342,7 @@ def run_benchmark(
     if obs_filter is not None:
         adata, filtered = _filter_cells(adata, obs_filter)
         data_description.update(filtered)
-    counts = _looks_like_counts(adata.X) if adata.X is not None else False
+    counts = looks_like_counts(adata.X) if adata.X is not None else False
     likelihood, expression = _expression_plan(likelihood, counts)
     data_description["expression"] = expression["input"]
     has_sccvae = any(REGISTRY[m].is_sccvae for m in method_list)
@@ -355,8 +362,9 @@ def run_benchmark(
         genes = set(work.var_names)
         if split == "unseen":
             target_embedding, eligible, covers = _unseen_targets(
-                method_list, design, genes, model_kwargs, notes
+                method_list, design, genes, model_kwargs, notes, explicit=methods is not None
             )
+            method_list = [m for m in method_list if m in covers]  # narrow defaults left out
             n_eligible = len(design.perturbations if eligible is None else eligible)
             # folds of 1-2 perturbations say little each: test every one on its own instead
             leave_one_out = n_eligible < 2 * int(n_folds)
@@ -428,7 +436,7 @@ def run_benchmark(
         "seed": int(seed),
         "n_seeds": n_seeds,
         "sccvae_seeds": list(settings.sccvae_seeds) if has_sccvae else [],
-        "max_epochs": "model default (~3,000 steps)" if max_epochs is None else int(max_epochs),
+        "max_epochs": DEFAULT_EPOCHS_TEXT if max_epochs is None else int(max_epochs),
         "n_cells": int(n_cells),
         "n_de_genes": int(n_de_genes),
         "model_kwargs": {
@@ -447,11 +455,11 @@ def run_benchmark(
         config["eligible_perturbations"] = sorted(tested)
         config["always_train"] = [p for p in design.perturbations if p not in tested]
     logger.info(
-        "Benchmark: %s split, %d split(s), methods %s, epochs: %s",
+        "Benchmark: %s split, %d split(s), methods %s, SCCVAE epochs: %s",
         split,
         len(splits),
         method_list,
-        max_epochs,
+        config["max_epochs"],
     )
 
     rows: list[pd.DataFrame] = []
@@ -467,6 +475,8 @@ def run_benchmark(
     ):
         # expected in this setting: test perturbations are never predicted by all methods
         warnings.filterwarnings("ignore", message=".*observed perturbation.*no prediction.*")
+        # SCCVAE's extrapolated predictions are counted in the notes instead (_run_fold)
+        warnings.filterwarnings("ignore", message=".*go beyond anything in the training data")
         overall = bars.add("Benchmark", len(splits) * fits_per_fold)
         for index, split_ in zip(fold_ids, splits, strict=True):
             fold = Fold.from_split(index, split_, work, design)
@@ -578,167 +588,6 @@ def _fold_scheme(split: str, leave_one_out: bool, fold_count: int, n_folds: int)
     return f"{fold_count} folds over the eligible perturbations"
 
 
-def _unseen_targets(
-    method_list: list[str],
-    design: PerturbationDesign,
-    genes: set[str],
-    model_kwargs: dict[str, Any],
-    notes: list[str],
-) -> tuple[pd.DataFrame | None, list[str] | None, dict[str, set[str] | None]]:
-    """Return the baselines' embedding and the perturbations an unseen split may test.
-
-    A perturbation is eligible for testing when every method of the run can represent each
-    of its targets without having seen it; ``None`` means all are. The others always train.
-    The third value is, per method, the targets it can represent (``None``: any).
-    SCCVAE learns the training targets that neither its nodes nor its embedding cover
-    one-hot by itself. Raises a BenchmarkInputError when no perturbation is eligible.
-    """
-    user_embedding = model_kwargs.get("perturbation_embedding")
-    frame = user_embedding if isinstance(user_embedding, pd.DataFrame) else None
-    needs_embedding = [m for m in method_list if REGISTRY[m].needs_embedding]
-    if frame is None and user_embedding == "onehot" and needs_embedding:
-        raise BenchmarkInputError(
-            "perturbation_embedding='onehot' cannot represent unseen perturbations; use "
-            "'coexpression' or a DataFrame for split='unseen'."
-        )
-    embedded = genes if frame is None else {str(g) for g in frame.index}
-    embedding_name = (
-        "the measured genes"
-        if frame is None
-        else "the measured genes or the perturbation_embedding DataFrame, as each method allows"
-    )
-    all_targets = sorted({t for p in design.perturbations for t in design.targets(p)})
-
-    # what each method can represent of a target it has not seen (None: any target)
-    def gene_nodes(name: str) -> bool:
-        kwargs = {**DEFAULT_MODEL_KWARGS, **model_kwargs, **REGISTRY[name].model_kwargs}
-        return kwargs.get("latent_nodes", "genes") == "genes"
-
-    covers: dict[str, set[str] | None] = {}
-    for name in method_list:
-        method = REGISTRY[name]
-        if method.is_sccvae:
-            # a measured gene is its own latent node (node_genes); other targets embedded
-            covers[name] = embedded | genes if gene_nodes(name) else set(embedded)
-        elif method.needs_embedding:
-            covers[name] = set(embedded)
-        elif method.measured_only:
-            covers[name] = set(genes)
-        else:
-            covers[name] = None
-    sccvae = [m for m in method_list if REGISTRY[m].is_sccvae]
-    # training targets SCCVAE can neither make nodes nor embed: it learns them one-hot
-    uncovered = sorted({t for m in sccvae for t in all_targets if t not in covers[m]})
-
-    limits = [c for c in covers.values() if c is not None]
-    eligible = [
-        p for p in design.perturbations if all(t in c for c in limits for t in design.targets(p))
-    ]
-    always_train = [p for p in design.perturbations if p not in set(eligible)]
-    if not eligible:
-        narrow = [m for m, c in covers.items() if c is not None]
-        raise BenchmarkInputError(
-            f"No perturbation can be tested unseen: {narrow} cannot represent an unseen "
-            f"target outside {embedding_name}, and no perturbation has all its targets "
-            f"there (e.g. {all_targets[:5]}); nothing can represent an unmeasured gene "
-            "without outside knowledge. Use split='seen' or 'combo', keep only methods that "
-            "need no embedding (e.g. 'mean,control'), or supply a perturbation_embedding "
-            "DataFrame covering the targets."
-        )
-    if not always_train:
-        return frame, None, covers
-    notes.append(
-        f"{len(eligible)} of {len(design.perturbations)} perturbations are eligible for "
-        f"testing (every target representable unseen by every method: in {embedding_name})"
-        f": {eligible[:10]}{' ...' if len(eligible) > 10 else ''}. The {len(always_train)} "
-        f"others always train: {always_train[:20]}{' ...' if len(always_train) > 20 else ''}."
-    )
-    if uncovered:
-        notes.append(
-            f"SCCVAE learns {len(uncovered)} training target(s) one-hot (not measured, not "
-            f"embedded; seen only): {uncovered[:10]}{' ...' if len(uncovered) > 10 else ''}."
-        )
-    dropping = [m for m in needs_embedding if not REGISTRY[m].is_sccvae]
-    if dropping and any(t not in embedded for p in always_train for t in design.targets(p)):
-        notes.append(
-            f"{dropping} leave the training perturbations whose targets they cannot embed "
-            "out of their fit."
-        )
-    return frame, eligible, covers
-
-
-def _check_training_coverage(
-    splits: list[Split], design: PerturbationDesign, covers: dict[str, set[str] | None]
-) -> None:
-    """Raise a BenchmarkInputError where a fold leaves a method too few perturbations to fit.
-
-    A method that learns from the training perturbations it can represent (its
-    ``Method.min_training``) fails to fit on a fold that trains on fewer of them, e.g. when
-    only one or two perturbations are eligible for testing.
-    """
-    for name, cover in covers.items():
-        need = REGISTRY[name].min_training
-        if cover is None or not need:
-            continue
-        fewest = min(
-            sum(all(t in cover for t in design.targets(p)) for p in s.train_perturbations)
-            for s in splits
-        )
-        if fewest < need:
-            raise BenchmarkInputError(
-                f"{name} learns from the training perturbations whose targets it can "
-                f"represent and needs at least {need}, but a fold trains on {fewest}: too few "
-                "perturbations have targets it can represent (measured genes, or genes of the "
-                f"embedding DataFrame). Drop {name!r} from the methods, or use split='seen' or "
-                "'combo'."
-            )
-
-
-def _target_embedding(
-    method_list: list[str],
-    all_targets: list[str],
-    genes: set[str],
-    model_kwargs: dict[str, Any],
-    notes: list[str],
-) -> pd.DataFrame | None:
-    """Return the embedding of the baselines of a seen or combination split.
-
-    Targets are all seen there, so where some are unmeasured, the baselines that take an
-    embedding use one-hot embeddings (SCCVAE learns such targets one-hot by itself).
-    """
-    user_embedding = model_kwargs.get("perturbation_embedding")
-    if isinstance(user_embedding, pd.DataFrame):
-        embeddable = {str(g) for g in user_embedding.index}
-        embedding_name = "the perturbation_embedding DataFrame"
-    elif user_embedding in (None, "coexpression"):
-        embeddable = genes
-        embedding_name = "the measured genes (coexpression embedding)"
-    else:  # "onehot" or something SCCVAE will reject
-        embeddable = None
-        embedding_name = str(user_embedding)
-    embedding = user_embedding if isinstance(user_embedding, pd.DataFrame) else None
-    needs_embedding = [m for m in method_list if REGISTRY[m].needs_embedding]
-    missing = [t for t in all_targets if embeddable is not None and t not in embeddable]
-    if missing and needs_embedding:
-        msg = (
-            f"{len(missing)} of {len(all_targets)} perturbation targets are not among "
-            f"{embedding_name} (e.g. {missing[:5]}): SCCVAE and the baselines that take an "
-            "embedding learn them one-hot (seen targets only)."
-        )
-        logger.warning(msg)
-        notes.append(msg)
-        embedding = _onehot_embedding(all_targets)
-    unmeasured = [t for t in all_targets if t not in genes]
-    measured_only = [m for m in method_list if REGISTRY[m].measured_only]
-    if unmeasured and measured_only:
-        raise BenchmarkInputError(
-            f"{len(unmeasured)} of {len(all_targets)} perturbation targets are unmeasured "
-            f"genes (e.g. {unmeasured[:5]}): {measured_only} cannot predict them. Drop "
-            f"{measured_only} from the methods."
-        )
-    return embedding
-
-
 def _mean_delta(
     pred: AnnData, design: PerturbationDesign, control_mean: np.ndarray
 ) -> pd.DataFrame:
@@ -811,6 +660,13 @@ def _run_fold(
                 if msg not in notes:  # the same for every seed
                     logger.warning(msg)
                     notes.append(msg)
+            flagged = _extrapolated(pred, key)
+            if flagged:
+                notes.append(
+                    f"{label} ({fold.name}) flags {len(flagged)} of {len(test_perts)} test "
+                    "prediction(s) as extrapolated (a change larger than any training "
+                    f"perturbation's, or a gene outside its training range): {flagged[:8]}"
+                )
             if pred is not None:
                 table = evaluate(
                     pred,
@@ -870,6 +726,14 @@ def _average_over_seeds(tables: list[pd.DataFrame]) -> pd.DataFrame:
     averaged = grouped.first()
     averaged[metrics] = grouped[metrics].mean()
     return averaged.reset_index()[list(tables[0].columns)]
+
+
+def _extrapolated(pred: AnnData | None, key: str) -> list[str]:
+    """Labels a prediction flags in ``obs["extrapolated"]`` (SCCVAE's), sorted."""
+    if pred is None or "extrapolated" not in pred.obs:
+        return []
+    flags = pred.obs["extrapolated"].to_numpy(dtype=bool)
+    return sorted(set(pred.obs[key].astype(str).to_numpy()[flags]))
 
 
 def _common_perturbations(results: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
