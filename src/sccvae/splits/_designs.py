@@ -1,33 +1,13 @@
-"""Reproducible train / validation / test splits for perturbation benchmarks.
+"""The three split designs: unseen-perturbation folds, seen split, combination split.
 
-Three designs are offered, all seeded and all chosen from the perturbation labels alone
-(expression is never looked at, so test-set selection cannot leak the answer):
-
-- :func:`unseen_perturbation_folds` -- K-fold *out-of-distribution* splits: test perturbations
-  are never seen in training (the paper's OOD setting).
-- :func:`seen_perturbation_split` -- *in-distribution* split of every perturbation's cells
-  into train / validation / test (the paper's IID setting).
-- :func:`combination_split` -- GEARS-style split holding out combinations (``"A+B"``), with
-  each held-out combination categorised by how many of its components were seen as single
-  perturbations in training.
-
-Each returns :class:`Split` objects holding integer *positions* into ``adata.obs`` plus the
-train / test perturbation labels. ``Split.to_dict()`` is JSON-serialisable and
-``Split.from_dict`` restores it, so a benchmark can store its splits next to its results;
-:func:`splits_to_frame` gives a cells x splits table for CSV.
-
-Perturbations are handled as *canonical* labels (``"B+A"`` and ``"A+B"`` are one unit, see
-:func:`sccvae._perturbations.canonical_label`); the label lists in a :class:`Split` are
-canonical.
+Each is chosen from the perturbation labels alone; the helpers at the top group the cells by
+perturbation and cut a perturbation's cells into train / validation (/ test) parts.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -35,176 +15,9 @@ from anndata import AnnData
 
 from sccvae._perturbations import PerturbationDesign, canonicalize_labels, design_of
 
+from ._split import Split
+
 logger = logging.getLogger(__name__)
-
-__all__ = [
-    "Split",
-    "unseen_perturbation_folds",
-    "seen_perturbation_split",
-    "combination_split",
-    "splits_to_frame",
-]
-
-
-@dataclass
-class Split:
-    """One train / validation / test partition of the cells of an AnnData.
-
-    Attributes
-    ----------
-    train_idx, validation_idx, test_idx
-        Sorted integer positions (``int64``) into ``adata.obs``; disjoint.
-    train_perturbations
-        Canonical labels of the non-control perturbations with cells in ``train_idx``.
-    test_perturbations
-        Canonical labels of the non-control perturbations evaluated on ``test_idx``.
-    name
-        A short identifier such as ``"unseen_fold0"``.
-    n_obs
-        Number of cells of the AnnData the split was made for (checked by :meth:`subset`).
-    categories
-        Optional per-test-perturbation category, e.g. ``{"A+B": "seen 1"}`` for
-        :func:`combination_split`.
-    params
-        The arguments the split was made with (for the record).
-    """
-
-    train_idx: np.ndarray
-    validation_idx: np.ndarray
-    test_idx: np.ndarray
-    train_perturbations: list[str]
-    test_perturbations: list[str]
-    name: str = ""
-    n_obs: int | None = None
-    categories: dict[str, str] = field(default_factory=dict)
-    params: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        for attr in ("train_idx", "validation_idx", "test_idx"):
-            setattr(self, attr, np.sort(np.asarray(getattr(self, attr), dtype=np.int64)))
-        self.train_perturbations = [str(p) for p in self.train_perturbations]
-        self.test_perturbations = [str(p) for p in self.test_perturbations]
-
-    @property
-    def validation_perturbations(self) -> list[str]:
-        """Perturbations with validation cells (the training ones, for all splits here)."""
-        return list(self.params.get("validation_perturbations", self.train_perturbations))
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-serialisable dict (indices as lists of ints)."""
-        return {
-            "name": self.name,
-            "n_obs": self.n_obs,
-            "train_idx": self.train_idx.tolist(),
-            "validation_idx": self.validation_idx.tolist(),
-            "test_idx": self.test_idx.tolist(),
-            "train_perturbations": list(self.train_perturbations),
-            "test_perturbations": list(self.test_perturbations),
-            "categories": dict(self.categories),
-            "params": dict(self.params),
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Split:
-        """Rebuild a :class:`Split` from :meth:`to_dict` output."""
-        missing = {"train_idx", "validation_idx", "test_idx"} - set(data)
-        if missing:
-            raise ValueError(
-                f"Split dict lacks {sorted(missing)}; was it made by Split.to_dict()?"
-            )
-        return cls(
-            train_idx=np.asarray(data["train_idx"], dtype=np.int64),
-            validation_idx=np.asarray(data["validation_idx"], dtype=np.int64),
-            test_idx=np.asarray(data["test_idx"], dtype=np.int64),
-            train_perturbations=list(data.get("train_perturbations", [])),
-            test_perturbations=list(data.get("test_perturbations", [])),
-            name=data.get("name", ""),
-            n_obs=data.get("n_obs"),
-            categories=dict(data.get("categories", {})),
-            params=dict(data.get("params", {})),
-        )
-
-    def to_json(self, path: str | None = None) -> str:
-        """Serialise to a JSON string, also written to ``path`` when given."""
-        text = json.dumps(self.to_dict())
-        if path is not None:
-            with open(path, "w") as handle:
-                handle.write(text)
-        return text
-
-    @classmethod
-    def from_json(cls, text_or_path: str) -> Split:
-        """Load a split from a JSON string or from a file path holding one."""
-        text = text_or_path
-        if not text_or_path.lstrip().startswith("{"):
-            with open(text_or_path) as handle:
-                text = handle.read()
-        return cls.from_dict(json.loads(text))
-
-    def indices(self, part: str) -> np.ndarray:
-        """Positions of ``part``: ``"train"``, ``"validation"`` or ``"test"``."""
-        lookup = {
-            "train": self.train_idx,
-            "validation": self.validation_idx,
-            "test": self.test_idx,
-        }
-        if part not in lookup:
-            raise ValueError(f"Unknown split part {part!r}; use one of {list(lookup)}.")
-        return lookup[part]
-
-    def subset(self, adata: AnnData, part: str) -> AnnData:
-        """Return a copy of the cells of ``part`` (``"train"``, ``"validation"`` or ``"test"``)."""
-        if self.n_obs is not None and adata.n_obs != self.n_obs:
-            raise ValueError(
-                f"Split {self.name!r} was made for {self.n_obs} cells but adata has "
-                f"{adata.n_obs}; apply it to the same AnnData (same cells, same order)."
-            )
-        return adata[self.indices(part)].copy()
-
-    def assignments(self) -> np.ndarray:
-        """Per-cell role: ``"train"``, ``"validation"``, ``"test"`` or ``"unused"``."""
-        if self.n_obs is None:
-            raise ValueError(
-                "This split does not record n_obs; cannot build per-cell assignments."
-            )
-        out = np.full(self.n_obs, "unused", dtype=object)
-        out[self.train_idx] = "train"
-        out[self.validation_idx] = "validation"
-        out[self.test_idx] = "test"
-        return out
-
-    def __repr__(self) -> str:
-        return (
-            f"Split(name={self.name!r}, train={self.train_idx.size} cells / "
-            f"{len(self.train_perturbations)} perturbations, validation={self.validation_idx.size}"
-            f" cells, test={self.test_idx.size} cells / {len(self.test_perturbations)} "
-            "perturbations)"
-        )
-
-
-def splits_to_frame(
-    splits: Sequence[Split], obs_names: Sequence[str] | None = None
-) -> pd.DataFrame:
-    """Cells x splits table of roles (``train``/``validation``/``test``/``unused``), for CSV.
-
-    Parameters
-    ----------
-    splits
-        Splits made for the same AnnData.
-    obs_names
-        Row index (e.g. ``adata.obs_names``); positions are used when omitted.
-    """
-    if not splits:
-        raise ValueError("No splits given.")
-    columns = {}
-    for i, split in enumerate(splits):
-        columns[split.name or f"split{i}"] = split.assignments()
-    frame = pd.DataFrame(columns)
-    if obs_names is not None:
-        if len(obs_names) != len(frame):
-            raise ValueError(f"{len(obs_names)} obs_names for splits over {len(frame)} cells.")
-        frame.index = pd.Index([str(o) for o in obs_names])
-    return frame
 
 
 # ---------------------------------------------------------------------------------------------
