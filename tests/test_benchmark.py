@@ -207,10 +207,10 @@ def test_counts_in_x_log_normalised_for_baselines_and_scoring(tiny):
 
 
 def test_sccvae_nb_on_counts_predictions_scored_log_normalised(tiny, monkeypatch):
-    from sccvae.benchmark import _runner
+    from sccvae.benchmark import _fold
 
     seen = {}
-    setup, init, evaluate = sccvae.SCCVAE.setup_anndata, sccvae.SCCVAE.__init__, _runner.evaluate
+    setup, init, evaluate = sccvae.SCCVAE.setup_anndata, sccvae.SCCVAE.__init__, _fold.evaluate
     predict = sccvae.SCCVAE.predict
 
     def spy_setup(adata, *args, **kwargs):
@@ -235,7 +235,7 @@ def test_sccvae_nb_on_counts_predictions_scored_log_normalised(tiny, monkeypatch
     monkeypatch.setattr(sccvae.SCCVAE, "predict", spy_predict)
     monkeypatch.setattr(sccvae.SCCVAE, "setup_anndata", spy_setup)
     monkeypatch.setattr(sccvae.SCCVAE, "__init__", spy_init)
-    monkeypatch.setattr(_runner, "evaluate", spy_evaluate)
+    monkeypatch.setattr(_fold, "evaluate", spy_evaluate)
     result = run_benchmark(
         _counts_adata(tiny), n_folds=2, folds=[0], methods="sccvae,mean", **FAST
     )
@@ -307,7 +307,7 @@ def test_unseen_folds_only_among_measured_targets(tiny, no_training):
 
 def test_unseen_sccvae_onehot_only_for_training_targets(tiny):
     from sccvae._perturbations import design_of
-    from sccvae.benchmark._runner import _unseen_targets
+    from sccvae.benchmark._coverage import _unseen_targets
 
     adata, unmeasured, measured = _unmeasured(tiny)
     design = design_of(adata.obs, "perturbation", "control", "+")
@@ -332,7 +332,7 @@ def test_unseen_sccvae_onehot_only_for_training_targets(tiny):
 
 
 def test_one_eligible_perturbation(tiny, monkeypatch, no_training):
-    from sccvae.benchmark import _runner
+    from sccvae.benchmark import _fold
 
     adata, unmeasured, measured = _unmeasured(tiny, n=9)
     # baselines that learn from the perturbations they can represent would have none
@@ -342,7 +342,7 @@ def test_one_eligible_perturbation(tiny, monkeypatch, no_training):
         ):
             run_benchmark(adata, methods=f"mean,{method}", **FAST)
     # others run: a single fold tests the one eligible perturbation, the rest train
-    monkeypatch.setattr(_runner, "_run_fold", lambda *args, **kwargs: [])
+    monkeypatch.setattr(_fold, "_run_fold", lambda *args, **kwargs: [])
     result = run_benchmark(adata, methods="sccvae,mean", **FAST)
     (split,) = result.splits
     assert split.test_perturbations == measured and split.train_perturbations == unmeasured
@@ -350,10 +350,10 @@ def test_one_eligible_perturbation(tiny, monkeypatch, no_training):
 
 
 def test_default_simulated_folds_unchanged(monkeypatch):
-    from sccvae.benchmark import _runner, load_data
+    from sccvae.benchmark import _fold, load_data
 
     # no fitting or scoring: only the folds the default run makes are compared
-    monkeypatch.setattr(_runner, "_run_fold", lambda *args, **kwargs: [])
+    monkeypatch.setattr(_fold, "_run_fold", lambda *args, **kwargs: [])
     result = run_benchmark(progress=False)
     adata, _ = load_data("simulated")
     default = unseen_perturbation_folds(adata, n_folds=5, seed=0)

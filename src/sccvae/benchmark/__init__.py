@@ -20,8 +20,10 @@ Leakage rules followed here:
 The parts: ``_data`` (reading, simulating and splitting the data, reading gene embeddings),
 ``_methods`` (the registry of methods behind one fit / predict protocol), ``_coverage``
 (what each method can represent, so which perturbations a run can test), ``_runner`` (the
-run), ``_report``
-(tables, verdicts, markdown and plots) and ``_progress`` (progress bars and threads).
+run, step by step), ``_settings`` (argument checks, the run's settings, its config record),
+``_plan`` (expression, working copy, design and folds), ``_fold`` (fitting and scoring the
+folds), ``_summary`` (pooling and summarising the scores), ``_report`` (tables, verdicts,
+markdown and plots) and ``_progress`` (progress bars and threads).
 Methods: :data:`METHODS`.
 """
 
@@ -49,8 +51,8 @@ _LAZY = {
     "BenchmarkInputError": "._errors",
     "BenchmarkResult": "._result",
     "format_table": "._result",
-    "KEY_METRICS": "._runner",
-    "RunSettings": "._runner",
+    "KEY_METRICS": "._settings",
+    "RunSettings": "._settings",
     "run_benchmark": "._runner",
 }
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

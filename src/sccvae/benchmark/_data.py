@@ -21,7 +21,7 @@ from sccvae.splits import (
     unseen_perturbation_folds,
 )
 
-from ._errors import BenchmarkInputError
+from ._errors import BenchmarkInputError, _as_input_errors
 
 logger = logging.getLogger(__name__)
 
@@ -202,6 +202,50 @@ def load_embedding(path: str | os.PathLike) -> pd.DataFrame:
     if not np.isfinite(values).all():
         raise BenchmarkInputError(f"{where} has NaN or infinite values; fill or drop them.")
     return frame.astype(np.float32)
+
+
+def _input_data(adata, data, dataset, seed, split, simulate_kwargs, scenario, obs_filter):
+    """Return the AnnData to benchmark and its description (input errors: BenchmarkInputError).
+
+    ``adata`` when given (restricted to ``dataset``), else :func:`load_data` of ``data``;
+    then only the cells that pass ``obs_filter`` (:func:`_filter_cells`), if given.
+    """
+    if adata is None:
+        with _as_input_errors():
+            adata, description = load_data(
+                data,
+                dataset=dataset,
+                seed=seed,
+                split=split,
+                simulate_kwargs=simulate_kwargs,
+                scenario=scenario,
+            )
+    else:
+        adata, description = _given_data(adata, dataset, scenario)
+    if obs_filter is not None:
+        adata, filtered = _filter_cells(adata, obs_filter)
+        description.update(filtered)
+    return adata, description
+
+
+def _given_data(
+    adata: AnnData, dataset: str | None, scenario: str
+) -> tuple[AnnData, dict[str, Any]]:
+    """Check an AnnData given to run_benchmark; keep only ``dataset``'s cells, if given."""
+    if not isinstance(adata, AnnData):
+        raise BenchmarkInputError(f"`adata` must be an AnnData, got {type(adata).__name__}.")
+    if scenario != "default":
+        raise BenchmarkInputError("`scenario` only applies to simulated data, not to `adata`.")
+    description: dict[str, Any] = {"source": "AnnData given to run_benchmark"}
+    if dataset is not None:
+        if "dataset" not in adata.obs.columns:
+            raise BenchmarkInputError("`dataset` given but adata.obs has no 'dataset' column.")
+        keep = adata.obs["dataset"].astype(str).to_numpy() == dataset
+        if not keep.any():
+            raise BenchmarkInputError(f"No cell has obs['dataset'] == {dataset!r}.")
+        adata = adata[keep]
+        description["dataset"] = dataset
+    return adata, description
 
 
 def _describe(adata: AnnData, design: PerturbationDesign) -> dict[str, Any]:

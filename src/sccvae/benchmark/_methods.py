@@ -20,7 +20,8 @@ from ._progress import epoch_callback
 if TYPE_CHECKING:
     from anndata import AnnData
 
-    from ._runner import Fold, RunSettings
+    from ._fold import Fold
+    from ._settings import RunSettings
 
 logger = logging.getLogger(__name__)
 
