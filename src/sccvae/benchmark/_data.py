@@ -357,7 +357,3 @@ def _make_splits(
 def _onehot_embedding(targets: Sequence[str]) -> pd.DataFrame:
     targets = sorted(set(targets))
     return pd.DataFrame(np.eye(len(targets), dtype=np.float32), index=targets, columns=targets)
-
-
-# ---------------------------------------------------------------------------------------------
-# progress
