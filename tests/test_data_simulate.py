@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import hashlib
+
 import anndata as ad
 import numpy as np
 import pytest
@@ -8,6 +10,7 @@ from scipy.sparse.csgraph import breadth_first_order
 
 import sccvae.data as scd
 from sccvae._perturbations import parse_perturbation
+from sccvae.data._network import CellPropagation, total_effects
 
 SMALL = dict(n_genes=300, n_perturbations=12, n_cells_per_perturbation=150, n_control_cells=1000)
 
@@ -217,6 +220,16 @@ def test_h5ad_roundtrip(sim, tmp_path):
         dict(shared_response=-0.1),
         dict(null_fraction=1.5),
         dict(efficiency=(0.8, 0.2)),
+        dict(regulation="tanh"),
+        dict(regulation="hill", hill_coefficient=0),
+        dict(cascade_depth=0),
+        dict(hub_fraction=1.5),
+        dict(hub_genes=0),
+        dict(intrinsic_noise=-0.1),
+        dict(n_confounders=-1),
+        dict(confounder_fraction=0.0),
+        dict(transcript_fraction=1.5),
+        dict(target_expression_quantile=1.0),
     ],
 )
 def test_bad_arguments(kwargs):
@@ -225,13 +238,60 @@ def test_bad_arguments(kwargs):
         scd.simulate_perturbseq(**params)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(regulation="tanh"), r"`regulation` must be one of \['linear', 'hill'\]"),
+        (dict(regulation="hill", saturation=1.0), "Leave `saturation=None`"),
+        (dict(hub_fraction=-0.2), r"`hub_fraction` must lie in \[0, 1\]"),
+        (dict(transcript_fraction=2), r"`transcript_fraction` must lie in \[0, 1\]"),
+    ],
+)
+def test_bad_argument_messages_name_the_problem(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        scd.simulate_perturbseq(**SMALL, **kwargs)
+
+
 def test_scenario_options_leave_the_default_screen_unchanged(sim):
     same = scd.simulate_perturbseq(
-        **SMALL, n_combinations=4, seed=3, shared_response=0.0, null_fraction=0.0
-    )
+        **SMALL, n_combinations=4, seed=3, shared_response=0.0, null_fraction=0.0,
+        regulation="linear", cascade_depth=1, hub_fraction=0.0, intrinsic_noise=0.0,
+        n_confounders=0, transcript_fraction=1.0, target_expression_quantile=0.4,
+    )  # fmt: skip
     assert (same.X != sim.X).nnz == 0
     assert set(scd.SIMULATION_SCENARIOS) == {"default", "shared-response", "weak", "saturation"}
     assert scd.SIMULATION_SCENARIOS["default"] == {}
+
+
+def test_default_screen_is_the_one_before_the_realistic_options():
+    """``simulate_perturbseq(seed=0)``, the benchmark's screen, as it was before they came.
+
+    The structure (network, targets, noise-free shifts, penetrance, library sizes) is drawn
+    without BLAS and compared exactly; the counts, whose NB means pass through float32 matrix
+    products whose last bits may differ between BLAS builds, by totals that any change of
+    the random streams would move by thousands of counts. Computed with numpy 2 generators:
+    a numpy release that changes a generator's stream changes them too.
+    """
+    adata = scd.simulate_perturbseq(seed=0)
+    truth = adata.uns["simulation"]
+    digest = hashlib.sha256()
+    for array in (
+        truth["adjacency"],
+        np.round(truth["expected_shift"], 4),
+        adata.obs["penetrance"].to_numpy(),
+        adata.obs["library_size"].to_numpy(),
+        truth["topological_order"],
+    ):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    digest.update(",".join(truth["targets"]).encode())
+    assert digest.hexdigest() == (
+        "81e71cae9b8aad242caddbde0894b85f2856b56bc5825f32fc434e9c44a894d2"
+    )
+    counts = adata.layers["counts"]
+    per_gene = np.asarray(counts.sum(axis=0)).ravel()
+    assert abs(int(counts.sum()) - 46_548_572) <= 50
+    assert abs(counts.nnz - 6_054_390) <= 50
+    np.testing.assert_allclose(per_gene[:5], [24620, 19956, 50294, 28774, 10191], atol=10)
 
 
 def test_shared_response_moves_every_perturbation():
@@ -271,3 +331,26 @@ def test_weak_targets_and_efficiency():
             assert not truth["adjacency"][j].any()  # no outgoing edge
             assert np.count_nonzero(expected) == 1 and expected[j] != 0  # only its own gene
         assert abs(truth["target_direct_shift"][row]) <= 1.25 * 2.0 * efficiency[row] + 1e-6
+
+
+def test_cell_propagation_matches_closed_forms():
+    # chain 0 -> 1 -> 2 (activating, then repressing) and 0 -> 2
+    w = sp.csr_matrix(np.array([[0.0, 0.8, 0.5], [0.0, 0.0, -0.6], [0.0, 0.0, 0.0]]))
+    order = np.array([0, 1, 2])
+    exo = np.array([[-1.5, 0.2, 0.1], [0.3, 0.0, 0.0]], dtype=np.float32)
+    linear = CellPropagation(w, order)(exo)
+    np.testing.assert_allclose(linear, total_effects(w, order, exo.astype(float)), atol=1e-6)
+    offsets = np.array([1.0, -0.5, 0.5], dtype=np.float32)  # edges 0->1, 0->2, 1->2
+    n = 2.0
+
+    def edge(x, weight, d):
+        s = np.sign(weight)
+        logsig = lambda z: -np.logaddexp(0.0, -z)  # noqa: E731
+        return abs(weight) / n * (logsig(s * n * (x + d)) - logsig(s * n * d))
+
+    hill = CellPropagation(w, order, hill=n, offsets=offsets)(exo)
+    x1 = exo[:, 1] + edge(exo[:, 0], 0.8, 1.0)
+    x2 = exo[:, 2] + edge(exo[:, 0], 0.5, -0.5) + edge(x1, -0.6, 0.5)
+    np.testing.assert_allclose(hill[:, 1], x1, rtol=1e-5)
+    np.testing.assert_allclose(hill[:, 2], x2, rtol=1e-5)
+    np.testing.assert_array_equal(CellPropagation(w, order, hill=n, offsets=offsets)(0 * exo), 0)
