@@ -259,7 +259,9 @@ def test_scenario_options_leave_the_default_screen_unchanged(sim):
         n_confounders=0, transcript_fraction=1.0, target_expression_quantile=0.4,
     )  # fmt: skip
     assert (same.X != sim.X).nnz == 0
-    assert set(scd.SIMULATION_SCENARIOS) == {"default", "shared-response", "weak", "saturation"}
+    assert set(scd.SIMULATION_SCENARIOS) == {
+        "default", "shared-response", "weak", "saturation", "realistic",
+    }  # fmt: skip
     assert scd.SIMULATION_SCENARIOS["default"] == {}
 
 
@@ -331,6 +333,205 @@ def test_weak_targets_and_efficiency():
             assert not truth["adjacency"][j].any()  # no outgoing edge
             assert np.count_nonzero(expected) == 1 and expected[j] != 0  # only its own gene
         assert abs(truth["target_direct_shift"][row]) <= 1.25 * 2.0 * efficiency[row] + 1e-6
+
+
+# --------------------------------------------------------------------- the realistic scenario
+REALISTIC = scd.SIMULATION_SCENARIOS["realistic"]
+#: the realistic scenario, smaller (the properties tested do not depend on the size)
+REALISTIC_SMALL = {
+    **REALISTIC, "n_genes": 400, "n_perturbations": 12, "n_cells_per_perturbation": 60,
+    "n_control_cells": 400,
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def realistic() -> ad.AnnData:
+    # a validation seed: 0 and 7 are the benchmark's
+    return scd.simulate_perturbseq(seed=2, **REALISTIC)
+
+
+def _dense(matrix) -> np.ndarray:
+    return matrix.toarray() if sp.issparse(matrix) else np.asarray(matrix)
+
+
+def test_realistic_screen_conventions_and_size(realistic):
+    truth = realistic.uns["simulation"]
+    assert realistic.shape == (2000 + 30 * 200, 1000)  # the default's size: SCCVAE's runtime
+    counts = realistic.layers["counts"]
+    assert counts.format == "csr" and counts.dtype == np.float32
+    np.testing.assert_array_equal(counts.data, np.round(counts.data))  # integer counts
+    assert abs(realistic.X - scd.log_normalize_counts(counts)).max() < 1e-5
+    # as sparse as the real screen (~190 UMIs per cell over 299 genes, 77 % zeros)
+    assert 450 < np.median(np.asarray(counts.sum(axis=1)).ravel()) < 850
+    assert 0.7 < 1 - counts.nnz / np.prod(counts.shape) < 0.85
+    adjacency = truth["adjacency"]
+    order = truth["topological_order"]
+    assert np.all(np.triu(adjacency[np.ix_(order, order)]) == adjacency[np.ix_(order, order)])
+    assert len(truth["hill_offsets"]) == np.count_nonzero(adjacency)
+    assert np.all(np.abs(truth["hill_offsets"]) <= 2.0)
+    assert truth["confounder_loadings"].shape == (3, 1000)
+    # targets are among the best-expressed genes
+    expression = realistic.var["baseline_mean"].to_numpy()
+    targets = [realistic.var_names.get_loc(t) for t in truth["targets"]]
+    assert np.all(expression[targets] >= np.quantile(expression, 0.85) - 1e-6)
+
+
+def test_realistic_cascade_reaches_module_genes_through_relays(realistic):
+    truth = realistic.uns["simulation"]
+    genes = list(realistic.var_names)
+    adjacency, expected = truth["adjacency"], truth["expected_shift"]
+    null = set(truth["null_targets"])
+    relays = truth["relays"]
+    assert relays.shape == (len(set(truth["target_modules"])), 1)
+    reached = 0
+    pairs = zip(truth["targets"], truth["target_modules"], strict=True)
+    for row, (target, module) in enumerate(pairs):
+        if target in null or not relays[module, 0]:
+            continue
+        t, relay = genes.index(target), genes.index(relays[module, 0])
+        assert adjacency[t, relay] > 0  # the target activates its module's relay
+        # genes two hops away, through the relay only, move with the knock-down
+        two_hops = (adjacency[relay] != 0) & (adjacency[t] == 0)
+        reached += np.count_nonzero(np.abs(expected[row, two_hops]) > 0.01)
+    assert reached > 50
+
+
+def test_realistic_hub_is_shared_by_its_targets(realistic):
+    truth = realistic.uns["simulation"]
+    genes = list(realistic.var_names)
+    hub = genes.index(str(truth["hub"]))
+    members = [genes.index(g) for g in truth["hub_genes"]]
+    assert len(members) == 200
+    feeders = list(truth["hub_targets"])
+    assert 1 <= len(feeders) <= 6  # 20 % of 30 targets, less the null ones
+    rows = [list(truth["perturbations"]).index(t) for t in feeders]
+    assert all(truth["adjacency"][genes.index(t), hub] > 0 for t in feeders)
+    # every feeder moves the hub's programme, each with a strength of its own
+    moved = np.abs(truth["expected_shift"][np.ix_(rows, members)]).mean(axis=1)
+    assert np.all(moved > 0.02)
+
+
+def test_realistic_confounders_make_coexpression_without_effect():
+    """Two genes of one confounding programme co-vary in control cells, though neither
+    regulates the other: a target's knock-down leaves a programme partner unmoved."""
+    adata = scd.simulate_perturbseq(seed=3, **{**REALISTIC, "library_size": 20_000.0})
+    truth = adata.uns["simulation"]
+    genes = list(adata.var_names)
+    loadings = truth["confounder_loadings"]
+    controls = _dense(adata.X[adata.obs["perturbation"].to_numpy() == "control"])
+    correlation = np.corrcoef(controls.T)
+    reach = _reachable(truth["adjacency"], [genes.index(t) for t in truth["targets"]])
+    expressed = adata.var["baseline_mean"].to_numpy() > 20
+    # non-target genes out of every target's reach (and out of the shared response), in
+    # programme 0 only, strongly loaded
+    alone = (np.count_nonzero(loadings, axis=0) == 1) & (loadings[0] > 0.4)
+    unmoved = ~reach & (truth["shared_response_loadings"] == 0)
+    pool = np.flatnonzero(alone & expressed & unmoved & ~adata.var["is_target"].to_numpy())
+    assert pool.size >= 4
+    pairs = correlation[np.ix_(pool, pool)][np.triu_indices(pool.size, 1)]
+    assert np.median(pairs) > 0.15
+    # with genes of no programme, they do not co-vary (on average)
+    outside = np.flatnonzero(~loadings.any(axis=0) & expressed & unmoved)
+    assert outside.size >= 4
+    assert abs(np.median(correlation[np.ix_(pool, outside)])) < 0.05
+    # a target in the programme co-varies with partners its knock-down does not move
+    for row, target in enumerate(truth["targets"]):
+        t = genes.index(target)
+        if loadings[0, t] > 0.4 and np.count_nonzero(loadings[:, t]) == 1:
+            assert np.median(correlation[t, pool]) > 0.1
+            assert np.all(truth["expected_shift"][row, pool] == 0)
+            break
+    else:
+        pytest.fail("no target loaded on programme 0 alone")
+
+
+def test_realistic_half_knockdown_is_not_half_the_effect():
+    shifts = {}
+    for regulation in ("hill", "linear"):
+        for efficiency in (1.0, 0.5):
+            adata = scd.simulate_perturbseq(
+                seed=4, **{**REALISTIC_SMALL, "regulation": regulation,
+                           "efficiency": (efficiency, efficiency), "penetrance": None,
+                           "shared_response": 0.0, "null_fraction": 0.0},
+            )  # fmt: skip
+            shifts[regulation, efficiency] = adata.uns["simulation"]["expected_shift"]
+    targets = [adata.var_names.get_loc(t) for t in adata.uns["simulation"]["targets"]]
+    downstream = np.ones_like(shifts["hill", 1.0], dtype=bool)
+    downstream[np.arange(len(targets)), targets] = False
+    for regulation in ("hill", "linear"):
+        full, half = shifts[regulation, 1.0], shifts[regulation, 0.5]
+        moved = downstream & (np.abs(full) > 0.05)
+        ratio = half[moved] / full[moved]
+        if regulation == "linear":
+            np.testing.assert_allclose(ratio, 0.5, atol=1e-4)
+        else:
+            # thresholds: many genes barely move at half efficiency, others nearly fully
+            assert moved.sum() > 100
+            assert np.mean(np.abs(ratio - 0.5) > 0.1) > 0.5
+            assert np.mean(ratio < 0.3) > 0.1 and np.mean(ratio > 0.6) > 0.05
+
+
+def test_realistic_combinations_are_not_additive():
+    adata = scd.simulate_perturbseq(seed=5, n_combinations=6, **REALISTIC_SMALL)
+    truth = adata.uns["simulation"]
+    singles = list(truth["targets"])
+    gaps = []
+    for k, label in enumerate(truth["perturbations"]):
+        parts = parse_perturbation(label)
+        if len(parts) == 2:
+            summed = sum(truth["expected_shift"][singles.index(p)] for p in parts)
+            gaps.append(np.abs(truth["expected_shift"][k] - summed).max())
+    assert len(gaps) == 6 and max(gaps) > 0.05
+
+
+def test_realistic_null_targets_move_only_their_own_gene():
+    adata = scd.simulate_perturbseq(seed=1, **{**REALISTIC_SMALL, "shared_response": 0.0})
+    truth = adata.uns["simulation"]
+    genes = list(adata.var_names)
+    null = set(truth["null_targets"])
+    assert len(null) == round(0.3 * 12)
+    assert not null & set(truth["hub_targets"])
+    for row, target in enumerate(truth["targets"]):
+        expected = truth["expected_shift"][row]
+        j = genes.index(target)
+        if target in null:
+            assert not truth["adjacency"][j].any()  # no edge left, to the hub neither
+            assert np.flatnonzero(expected).tolist() == [j]
+        else:
+            assert np.count_nonzero(expected) > 1
+    # with the preset's shared response, a null target also moves the shared programme
+    shared = scd.simulate_perturbseq(seed=1, **REALISTIC_SMALL).uns["simulation"]
+    programme = np.flatnonzero(shared["shared_response_loadings"])
+    for row, target in enumerate(shared["targets"]):
+        if target in set(shared["null_targets"]):
+            moved = set(np.flatnonzero(shared["expected_shift"][row]))
+            assert moved <= {genes.index(target), *programme}
+
+
+def test_realistic_knockout_transcript_keeps_part_of_its_level():
+    full = scd.simulate_perturbseq(seed=2, **{**REALISTIC_SMALL, "transcript_fraction": 1.0})
+    part = scd.simulate_perturbseq(seed=2, **REALISTIC_SMALL)
+    genes = list(full.var_names)
+    for row, target in enumerate(full.uns["simulation"]["targets"]):
+        j = genes.index(target)
+        own_full = full.uns["simulation"]["expected_shift"][row]
+        own_part = part.uns["simulation"]["expected_shift"][row]
+        direct = full.uns["simulation"]["target_direct_shift"][row]
+        mean_pen = full.uns["simulation"]["mean_penetrance"]
+        np.testing.assert_allclose(own_part[j], own_full[j] - 0.4 * mean_pen * direct, rtol=1e-4)
+        # the rest of the network sees the whole loss
+        others = np.arange(len(genes)) != j
+        np.testing.assert_allclose(own_part[others], own_full[others], atol=1e-6)
+
+
+def test_realistic_roundtrip(tmp_path):
+    adata = scd.simulate_perturbseq(seed=1, **REALISTIC_SMALL)
+    adata.write_h5ad(tmp_path / "realistic.h5ad")
+    back = ad.read_h5ad(tmp_path / "realistic.h5ad").uns["simulation"]
+    truth = adata.uns["simulation"]
+    for key in ("hill_offsets", "confounder_loadings", "relays", "hub_genes", "hub_targets"):
+        np.testing.assert_array_equal(np.asarray(back[key]), np.asarray(truth[key]))
+    assert back["hub"] == truth["hub"] and back["params"]["regulation"] == "hill"
 
 
 def test_cell_propagation_matches_closed_forms():
