@@ -150,10 +150,10 @@ def simulate_perturbseq(
        ``phi_g ~ LogNormal(log dispersion, 0.5)``. Cells are generated per perturbation block
        (controls in blocks of 1,000) so peak memory stays bounded.
     6. **Realistic screens** (the ``"realistic"`` scenario). Each option below is off by
-       default (the screen is then exactly the one of steps 1-5) and draws from a random
-       stream of its own. Together they remove the forms that steps 1-4 share with simple
-       predictors (a control cell's covariance equal to the causal effect, one linear map,
-       one hop), so that no method wins by matching the generator:
+       default (the screen is then exactly the one of steps 1-5); the random draws they add
+       come from a stream of their own. Together they remove the forms that steps 1-4 share
+       with simple predictors (a control cell's covariance equal to the causal effect, one
+       linear map, one hop), so that no method wins by matching the generator:
 
        - *Cascades* (``cascade_depth = k > 1``): each module's programme runs through a
          chain of ``k - 1`` relay genes (its earliest genes in the order, e.g. transcription
