@@ -123,7 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
         "through a gene network), shared-response (every perturbation also moves a common "
         "programme: the mean of training perturbations is a strong baseline), weak (30%% of "
         "targets without downstream effect, variable knock-down efficiency), saturation "
-        "(effects saturate: combinations are less than additive; use with --split combo)",
+        "(effects saturate: combinations are less than additive; use with --split combo), "
+        "realistic (calibrated against a real knock-out screen: Hill regulation, cascades, "
+        "a pathway hub, confounding programmes, sparse counts; no method wins by matching "
+        "the generator's form)",
     )
     bench.add_argument(
         "--dataset",

@@ -72,7 +72,8 @@ def load_data(
         scenario's).
     scenario
         A simulated scenario of :data:`sccvae.data.SIMULATION_SCENARIOS` (``"default"``,
-        ``"shared-response"``, ``"weak"``); only for ``data="simulated"``.
+        ``"shared-response"``, ``"weak"``, ``"saturation"``, ``"realistic"``); only for
+        ``data="simulated"``.
 
     Returns
     -------

@@ -3,7 +3,10 @@
 The simulator is deliberately *independent of the SCCVAE parameterisation*: the truth is a
 sparse gene regulatory network over the measured genes (not a latent SCM), perturbations are
 shifts of a target gene's log expression that propagate linearly (optionally saturating)
-through that network, and counts are negative-binomial with realistic library sizes.
+through that network, and counts are negative-binomial with realistic library sizes. The
+options of realistic screens (the ``"realistic"`` scenario) propagate every cell's own
+variation through Hill functions, add multi-hop cascades, a pathway hub and confounding
+programmes, so that the truth has none of the forms a simple predictor assumes.
 """
 
 from __future__ import annotations
@@ -20,7 +23,14 @@ from anndata import AnnData
 
 from sccvae._perturbations import canonical_label
 
-from ._network import build_network, saturate, total_effects
+from ._network import (
+    CellPropagation,
+    add_cascade,
+    add_hub,
+    build_network,
+    saturate,
+    total_effects,
+)
 from ._preprocessing import COUNTS_LAYER
 
 logger = logging.getLogger(__name__)
@@ -32,6 +42,7 @@ _MODE_ALIASES = {
     "knockdown": "knockdown",
     "activation": "activation",
 }
+_REGULATIONS = ("linear", "hill")
 
 
 def _check_positive_int(value, name: str, minimum: int = 1) -> int:
@@ -81,6 +92,17 @@ def simulate_perturbseq(
     shared_response_genes: int | None = None,
     null_fraction: float = 0.0,
     efficiency: tuple[float, float] | None = None,
+    regulation: str = "linear",
+    hill_coefficient: float = 2.0,
+    cascade_depth: int = 1,
+    hub_fraction: float = 0.0,
+    hub_genes: int | None = None,
+    intrinsic_noise: float = 0.0,
+    n_confounders: int = 0,
+    confounder_scale: float = 0.5,
+    confounder_fraction: float = 0.3,
+    transcript_fraction: float = 1.0,
+    target_expression_quantile: float = 0.4,
     gene_prefix: str = "G",
     seed: int = 0,
 ) -> AnnData:
@@ -126,7 +148,61 @@ def simulate_perturbseq(
        The scenarios of :data:`SIMULATION_SCENARIOS` are presets of these arguments.
     5. **Counts.** ``counts ~ NB(mean mu, dispersion phi_g)`` (Gamma-Poisson), with
        ``phi_g ~ LogNormal(log dispersion, 0.5)``. Cells are generated per perturbation block
-       (controls in blocks of 2,000) so peak memory stays bounded.
+       (controls in blocks of 1,000) so peak memory stays bounded.
+    6. **Realistic screens** (the ``"realistic"`` scenario). Each option below is off by
+       default (the screen is then exactly the one of steps 1-5); the random draws they add
+       come from a stream of their own. Together they remove the forms that steps 1-4 share
+       with simple predictors (a control cell's covariance equal to the causal effect, one
+       linear map, one hop), so that no method wins by matching the generator:
+
+       - *Cascades* (``cascade_depth = k > 1``): each module's programme runs through a
+         chain of ``k - 1`` relay genes (its earliest genes in the order, e.g. transcription
+         factors): every target of the module activates the first relay, each relay the
+         next, and the last relay takes over each of a target's module edges with
+         probability 0.7 (the others stay direct). Most module genes are then ``k`` hops
+         from the targets.
+       - *Hub* (``hub_fraction > 0``): that share of the targets (drawn at random) activate
+         one hub gene, the first gene downstream of every target that is not a relay, which
+         regulates ``hub_genes`` random later genes (activating with probability
+         ``activation_fraction``): the knock-downs of one pathway (as IFN-gamma -> JAK/STAT
+         -> IRF1 in THP-1 cells) share a large response, each with a strength of its own.
+         Relays and the hub integrate their regulators as a pathway does, each of them
+         needed: their incoming weights are not capped.
+       - *Per-cell propagation* (with ``regulation="hill"``, ``intrinsic_noise > 0`` or
+         confounders): what enters the network in cell ``i``, ``e_i`` = intrinsic noise
+         ``N(0, intrinsic_noise)`` on *every* gene + ``N(0, regulator_noise)`` on the
+         targets + the confounding programmes (+ the cell's knock-down shifts ``pi_i s``
+         with Hill regulation), propagates through it cell by cell, gene level by gene
+         level, and ``log mu`` gets the result in place of step 3's propagated target
+         noise. Every gene's natural variation thus reaches the genes it regulates.
+       - *Hill regulation* (``regulation="hill"``): each edge is a Hill function of the
+         regulator's expression that multiplies the regulated gene's expression; in log
+         space, relative to the baseline cell, an edge adds ``|w| / n * (log sigmoid(s n (x
+         + d)) - log sigmoid(s n d))`` for a regulator deviation ``x``, with ``n =
+         hill_coefficient``, ``s = sign(w)`` and a threshold offset ``d ~ U(-2, 2)`` per
+         edge (how far above its threshold the regulator sits in the baseline cell, in log
+         units; :class:`~sccvae.data._network.CellPropagation`). An activator above its
+         threshold is saturated: the regulated gene ignores its small changes and follows it
+         (slope ``|w|``) only once it falls below; one below it acts log-linearly; a
+         repressor mirrors this. So control cells' fluctuations see an edge's slope at the
+         baseline and a knock-down its chord, a knock-down at half efficiency moves
+         downstream genes by another share than half of a full one, and combinations are not
+         additive. ``expected_shift`` is then the shift of the noise-free cell knocked down
+         at the mean penetrance (the mean over noisy cells differs somewhat). ``saturation``
+         does not apply.
+       - *Confounding programmes* (``n_confounders > 0``, e.g. cell cycle, cell size,
+         stress): programme ``k`` loads a random ``confounder_fraction`` of all genes,
+         targets included (``confounder_scale * U(0.5, 1.5)``, positive for 80 % of them),
+         with a per-cell factor ``N(0, 1)``, and enters with the intrinsic noise. Control
+         cells' coexpression then mixes regulation with common causes that no knock-down
+         moves.
+       - *Knock-outs* (``transcript_fraction < 1``): the target's function drops by its
+         whole direct shift (that is what propagates), its own measured transcript only by
+         ``transcript_fraction`` of it, as nonsense-mediated decay removes only part of the
+         mRNA of a CRISPR knock-out.
+       - *Target choice*: targets are drawn among the upstream genes expressed above the
+         ``target_expression_quantile`` (real screens measure their targets among their
+         best-expressed genes).
 
     Parameters
     ----------
@@ -189,6 +265,28 @@ def simulate_perturbseq(
         Share of targets without downstream effect (no outgoing edge).
     efficiency
         ``(lo, hi)`` range of per-target knock-down efficiency; ``None`` means 1.
+    regulation
+        ``"linear"`` (default, step 4) or ``"hill"`` (step 6).
+    hill_coefficient
+        Hill coefficient ``n`` of every edge with ``regulation="hill"``.
+    cascade_depth
+        Hops from a module's targets to most of its genes (1: direct edges; step 6).
+    hub_fraction
+        Share of the targets that feed the pathway hub (0: no hub; step 6).
+    hub_genes
+        Genes the hub regulates; default ``n_genes // 5``.
+    intrinsic_noise
+        Standard deviation of every gene's own log-scale variation, propagated through the
+        network to the genes it regulates (0: none; step 6).
+    n_confounders, confounder_scale, confounder_fraction
+        Number of confounding programmes, the scale of their loadings and the share of genes
+        each loads (step 6).
+    transcript_fraction
+        Share of a target's direct shift that its own measured transcript shows (1: all of
+        it, as CRISPRi; step 6).
+    target_expression_quantile
+        Targets are drawn among upstream genes whose baseline expression is above this
+        quantile of all genes' (when enough of them are).
     gene_prefix
         Gene names are ``f"{gene_prefix}{index:04d}"``.
     seed
@@ -215,6 +313,14 @@ def simulate_perturbseq(
     - ``null_targets``: the targets without downstream effect.
     - ``shared_response_loadings``: ``P``, zeros without a shared response.
     - ``shared_response_strength``: ``a_p``, one entry per perturbation.
+    - ``relays``: modules x ``cascade_depth - 1`` names of the module relays (``""``
+      where a module has too few genes); ``hub``: the hub gene (``"None"`` without one),
+      ``hub_genes``: the genes it regulates, ``hub_targets``: the targets feeding it (null
+      targets lose that edge and are left out).
+    - ``hill_offsets``: with Hill regulation, the threshold offset ``d`` of every edge, in
+      the row-major order of the adjacency's non-zero entries (``np.nonzero``); empty
+      otherwise.
+    - ``confounder_loadings``: ``n_confounders x n_genes`` (no row without confounders).
     - ``mean_penetrance`` and ``params`` (every argument; ``None`` stored as ``"None"``).
     """
     start = time.perf_counter()
@@ -295,6 +401,39 @@ def simulate_perturbseq(
             raise ValueError(
                 f"`efficiency` must be (low, high) with 0 <= low <= high, got {efficiency!r}."
             )
+    if regulation not in _REGULATIONS:
+        raise ValueError(f"`regulation` must be one of {list(_REGULATIONS)}, got {regulation!r}.")
+    hill = regulation == "hill"
+    hill_coefficient = _check_positive_float(hill_coefficient, "hill_coefficient")
+    if hill and saturation is not None:
+        raise ValueError(
+            "`saturation` squashes linear effects; Hill regulation (regulation='hill') "
+            "saturates by itself. Leave `saturation=None` with regulation='hill'."
+        )
+    cascade_depth = _check_positive_int(cascade_depth, "cascade_depth")
+    if not 0.0 <= float(hub_fraction) <= 1.0:
+        raise ValueError(f"`hub_fraction` must lie in [0, 1], got {hub_fraction!r}.")
+    hub_fraction = float(hub_fraction)
+    if hub_genes is None:
+        hub_genes = max(1, n_genes // 5)
+    hub_genes = _check_positive_int(hub_genes, "hub_genes")
+    intrinsic_noise = _check_positive_float(intrinsic_noise, "intrinsic_noise", allow_zero=True)
+    n_confounders = _check_positive_int(n_confounders, "n_confounders", 0)
+    confounder_scale = _check_positive_float(confounder_scale, "confounder_scale", allow_zero=True)
+    if not 0.0 < float(confounder_fraction) <= 1.0:
+        raise ValueError(f"`confounder_fraction` must lie in (0, 1], got {confounder_fraction!r}.")
+    confounder_fraction = float(confounder_fraction)
+    if not 0.0 <= float(transcript_fraction) <= 1.0:
+        raise ValueError(f"`transcript_fraction` must lie in [0, 1], got {transcript_fraction!r}.")
+    transcript_fraction = float(transcript_fraction)
+    if not 0.0 <= float(target_expression_quantile) < 1.0:
+        raise ValueError(
+            f"`target_expression_quantile` must lie in [0, 1), got {target_expression_quantile!r}."
+        )
+    target_expression_quantile = float(target_expression_quantile)
+    # cells are propagated one by one through the network (rather than by one linear map for
+    # every cell) when something other than the targets' intrinsic variation enters it
+    per_cell = hill or intrinsic_noise > 0 or (n_confounders > 0 and confounder_scale > 0)
     if n_modules is None:
         n_modules = max(1, round(n_perturbations / 6))
     n_modules = _check_positive_int(n_modules, "n_modules")
@@ -315,6 +454,8 @@ def simulate_perturbseq(
     rng = np.random.default_rng(seed)
     # the scenario options draw from their own stream: without them, the data are unchanged
     scenario_rng = np.random.default_rng([0 if seed is None else int(seed), 1])
+    # and the options of realistic screens from a third one, for the same reason
+    cell_rng = np.random.default_rng([0 if seed is None else int(seed), 2])
     width = max(4, len(str(n_genes - 1)))
     genes = np.array([f"{gene_prefix}{i:0{width}d}" for i in range(n_genes)])
 
@@ -325,7 +466,7 @@ def simulate_perturbseq(
     position = np.empty(n_genes, dtype=np.int64)
     position[order] = np.arange(n_genes)
     upstream = order[: int(0.4 * n_genes)]
-    expressed = upstream[log_p[upstream] >= np.quantile(log_p, 0.4)]
+    expressed = upstream[log_p[upstream] >= np.quantile(log_p, target_expression_quantile)]
     candidates = expressed if len(expressed) >= n_perturbations else upstream
     targets = rng.choice(candidates, n_perturbations, replace=False)
     target_module = np.arange(n_perturbations) % n_modules
@@ -349,6 +490,20 @@ def simulate_perturbseq(
         density, (lo, hi), activation_fraction,
     )  # fmt: skip
     gene_module[targets] = target_module
+    relays = np.zeros((n_modules, 0), dtype=np.int64)
+    if cascade_depth > 1:
+        w, relays = add_cascade(
+            cell_rng, w, order, targets, target_module, gene_module, cascade_depth, (lo, hi)
+        )
+    hub, hub_members = -1, np.zeros(0, dtype=np.int64)
+    hub_feeders = np.zeros(0, dtype=np.int64)
+    if hub_fraction > 0:
+        n_feeders = max(1, round(hub_fraction * n_perturbations))
+        hub_feeders = np.sort(cell_rng.choice(n_perturbations, n_feeders, replace=False))
+        w, hub, hub_members = add_hub(
+            cell_rng, w, order, targets, targets[hub_feeders], hub_genes, (lo, hi),
+            relays.ravel(), activation_fraction,
+        )  # fmt: skip
     target_efficiency = np.ones(n_perturbations)
     if efficiency is not None:
         target_efficiency = scenario_rng.uniform(eff_lo, eff_hi, n_perturbations)
@@ -368,6 +523,22 @@ def simulate_perturbseq(
         signs = np.where(scenario_rng.random(members.size) < 0.5, -1.0, 1.0)
         shared_loadings[members] = signs * scenario_rng.uniform(0.5, 1.5, members.size)
         shared_strength = shared_response * scenario_rng.uniform(0.5, 1.5, n_perturbations)
+
+    offsets = np.zeros(0, dtype=np.float32)
+    confounders = np.zeros((0, n_genes), dtype=np.float32)
+    propagation = None
+    if per_cell:
+        w.sort_indices()  # edge order = the row-major order of the dense adjacency
+        if hill:
+            # where each regulator sits relative to each edge's threshold in the baseline cell:
+            # from well below it (knock-downs change nothing) to well above it (switch-like)
+            offsets = cell_rng.uniform(-2.0, 2.0, w.nnz).astype(np.float32)
+        propagation = CellPropagation(w, order, hill_coefficient if hill else None, offsets)
+        if n_confounders and confounder_scale > 0:
+            members = cell_rng.random((n_confounders, n_genes)) < confounder_fraction
+            signs = np.where(cell_rng.random((n_confounders, n_genes)) < 0.8, 1.0, -1.0)
+            magnitude = confounder_scale * cell_rng.uniform(0.5, 1.5, (n_confounders, n_genes))
+            confounders = (members * signs * magnitude).astype(np.float32)
 
     # perturbation list: singles then combinations
     designs: list[tuple[int, ...]] = [(k,) for k in range(n_perturbations)]
@@ -396,9 +567,12 @@ def simulate_perturbseq(
             shifts[row, targets[k]] += direct[k]
     total = total_effects(w, order, shifts)  # at full penetrance
     strength = np.array([shared_strength[list(d)].sum() for d in designs])
-    expected = (
-        saturate(mean_pen * total, saturation) + mean_pen * strength[:, None] * shared_loadings
-    )
+    specific = saturate(mean_pen * total, saturation)
+    if hill:  # the noise-free cell, knocked down at the mean penetrance
+        specific = propagation(mean_pen * shifts).astype(np.float64)
+    expected = specific + mean_pen * strength[:, None] * shared_loadings
+    if transcript_fraction < 1:  # the targets' own transcripts keep part of their level
+        expected -= (1.0 - transcript_fraction) * mean_pen * shifts
     expected = expected.astype(np.float32)
 
     # cell-level generation, block by block
@@ -409,10 +583,10 @@ def simulate_perturbseq(
     target_units = np.zeros((len(targets), n_genes))
     target_units[np.arange(len(targets)), targets] = 1.0
     target_propagation = None
-    if regulator_noise > 0:
+    if regulator_noise > 0 and not per_cell:
         target_propagation = total_effects(w, order, target_units).astype(np.float32)
 
-    def block(n: int, effect: np.ndarray | None, shared: float = 0.0):
+    def block(n: int, effect: np.ndarray | None, shared: float = 0.0, direct=None):
         log_lib = rng.normal(np.log(library_size), library_size_sigma, n).astype(np.float32)
         log_mu = rng.standard_normal((n, n_genes), dtype=np.float32)
         log_mu *= np.float32(gene_noise)
@@ -424,6 +598,20 @@ def simulate_perturbseq(
             intrinsic = rng.standard_normal((n, target_propagation.shape[0]), dtype=np.float32)
             intrinsic *= np.float32(regulator_noise)
             log_mu += intrinsic @ target_propagation
+        exo = None
+        if per_cell:  # what enters the network in each cell, before it propagates
+            exo = np.zeros((n, n_genes), dtype=np.float32)
+            if intrinsic_noise > 0:
+                exo += np.float32(intrinsic_noise) * cell_rng.standard_normal(
+                    (n, n_genes), dtype=np.float32
+                )
+            if regulator_noise > 0:
+                exo[:, targets] += np.float32(regulator_noise) * cell_rng.standard_normal(
+                    (n, len(targets)), dtype=np.float32
+                )
+            if confounders.shape[0]:
+                factors = cell_rng.standard_normal((n, confounders.shape[0]), dtype=np.float32)
+                exo += factors @ confounders
         if effect is None:
             pen = np.zeros(n, dtype=np.float32)
         else:
@@ -433,7 +621,20 @@ def simulate_perturbseq(
                 pen = rng.beta(pen_a, pen_b, n).astype(np.float32)
             effect32 = effect.astype(np.float32)
             nz = np.flatnonzero(effect32)
-            log_mu[:, nz] += saturate(pen[:, None] * effect32[nz][None, :], saturation)
+            if hill:  # the knock-down enters the network with the cell's own variation
+                exo[:, nz] += pen[:, None] * effect32[nz][None, :]
+            else:
+                log_mu[:, nz] += saturate(pen[:, None] * effect32[nz][None, :], saturation)
+            if transcript_fraction < 1:
+                # a knock-out's protein is lost, but nonsense-mediated decay removes only part
+                # of its transcript: the measured target keeps the rest of its direct shift
+                own = np.flatnonzero(direct)
+                log_mu[:, own] -= np.float32(1.0 - transcript_fraction) * (
+                    pen[:, None] * direct[own].astype(np.float32)[None, :]
+                )
+        if exo is not None:
+            log_mu += propagation(exo)
+            del exo
         if shared_response > 0:
             state = scenario_rng.normal(0.0, program_scale, n).astype(np.float32) + pen * shared
             log_mu += state[:, None] * shared_loadings[None, :]
@@ -458,13 +659,15 @@ def simulate_perturbseq(
     while remaining > 0:
         jobs.append(("control", min(1000, remaining), None))
         remaining -= jobs[-1][1]
-    jobs = [(label, n, effect, 0.0) for label, n, effect in jobs]
+    jobs = [(label, n, effect, 0.0, None) for label, n, effect in jobs]
+    # Hill regulation propagates each cell's direct shifts; linear effects are propagated once
+    effects = shifts if hill else total
     jobs += [
-        (label, n_cells_per_perturbation, total[row], strength[row])
+        (label, n_cells_per_perturbation, effects[row], strength[row], shifts[row])
         for row, label in enumerate(labels)
     ]
-    for label, n, effect, shared in jobs:
-        data, indices, row_nnz, pen, lib = block(n, effect, shared)
+    for label, n, effect, shared, direct_shift in jobs:
+        data, indices, row_nnz, pen, lib = block(n, effect, shared, direct_shift)
         pieces.append((data, indices, row_nnz))
         obs_label += [label] * n
         obs_pen.append(pen)
@@ -543,6 +746,12 @@ def simulate_perturbseq(
         "shared_response": shared_response, "shared_response_genes": shared_response_genes,
         "null_fraction": null_fraction,
         "efficiency": "None" if efficiency is None else [eff_lo, eff_hi],
+        "regulation": regulation, "hill_coefficient": hill_coefficient,
+        "cascade_depth": cascade_depth, "hub_fraction": hub_fraction, "hub_genes": hub_genes,
+        "intrinsic_noise": intrinsic_noise,
+        "n_confounders": n_confounders, "confounder_scale": confounder_scale,
+        "confounder_fraction": confounder_fraction, "transcript_fraction": transcript_fraction,
+        "target_expression_quantile": target_expression_quantile,
         "gene_prefix": gene_prefix,
         "seed": "None" if seed is None else int(seed),
     }  # fmt: skip
@@ -560,6 +769,13 @@ def simulate_perturbseq(
         "null_targets": genes[targets[null_targets]].astype(str),
         "shared_response_loadings": shared_loadings,
         "shared_response_strength": strength.astype(np.float32),
+        "relays": np.where(relays >= 0, genes[np.maximum(relays, 0)], "").astype(str),
+        "hub": genes[hub] if hub >= 0 else "None",
+        "hub_genes": genes[hub_members].astype(str),
+        # a null target drawn to feed the hub lost that edge with the others
+        "hub_targets": genes[targets[hub_feeders[~null_targets[hub_feeders]]]].astype(str),
+        "hill_offsets": offsets.astype(np.float32),
+        "confounder_loadings": confounders.astype(np.float32),
         "mean_penetrance": float(mean_pen),
         "params": params,
     }
