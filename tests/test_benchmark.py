@@ -10,6 +10,7 @@ import scipy.sparse as sp
 import sccvae
 from sccvae.benchmark import (
     KEY_METRICS,
+    TEST_SEED,
     BenchmarkInputError,
     BenchmarkResult,
     default_methods,
@@ -301,7 +302,8 @@ def test_unseen_folds_only_among_measured_targets(tiny, no_training):
     # methods that represent any target: every perturbation eligible, folds as before
     free = run_benchmark(adata, n_folds=2, methods="mean,control", **FAST)
     assert free.config["always_train"] == []
-    default = unseen_perturbation_folds(adata, n_folds=2, seed=0)
+    # the same folds as the split function's at the run's (default) seed
+    default = unseen_perturbation_folds(adata, n_folds=2, seed=TEST_SEED)
     assert [s.to_dict() for s in free.splits] == [s.to_dict() for s in default]
 
 
@@ -355,8 +357,9 @@ def test_default_simulated_folds_unchanged(monkeypatch):
     # no fitting or scoring: only the folds the default run makes are compared
     monkeypatch.setattr(_fold, "_run_fold", lambda *args, **kwargs: [])
     result = run_benchmark(progress=False)
-    adata, _ = load_data("simulated")
-    default = unseen_perturbation_folds(adata, n_folds=5, seed=0)
+    adata, _ = load_data("simulated")  # the realistic scenario at the test seed
+    assert result.config["data"]["scenario"] == "realistic" and result.config["seed"] == 7
+    default = unseen_perturbation_folds(adata, n_folds=5, seed=TEST_SEED)
     assert len(result.splits) == 5 and not result.config["always_train"]
     assert [s.to_dict() for s in result.splits] == [s.to_dict() for s in default]
     assert not any("eligible" in n or "Leave-one-out" in n for n in result.notes)
@@ -568,7 +571,7 @@ def test_n_seeds_averages_sccvae_per_perturbation_and_reports_the_spread(tiny, t
 
     from sccvae.benchmark import verdicts
 
-    run = dict(n_folds=2, folds=[0], methods="sccvae,mean", **FAST)
+    run = dict(n_folds=2, folds=[0], methods="sccvae,mean", seed=0, **FAST)
     result = run_benchmark(tiny, n_seeds=2, out=tmp_path / "bench", **run)
     assert result.config["n_seeds"] == 2 and result.config["sccvae_seeds"] == [0, 1]
     per_seed = result.seed_results

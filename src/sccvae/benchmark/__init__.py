@@ -30,7 +30,9 @@ Methods: :data:`METHODS`.
 from sccvae._lazy import lazy_attributes
 
 _LAZY = {
+    "DEFAULT_SCENARIO": "._data",
     "SIMULATED_COMBINATIONS": "._data",
+    "TEST_SEED": "._data",
     "load_data": "._data",
     "load_embedding": "._data",
     "DEFAULT_MAX_EPOCHS": "._methods",

@@ -41,13 +41,20 @@ def _as_float32(x):
     return np.asarray(x, dtype=np.float32)
 
 
+#: The simulated scenario of the main benchmark (``sccvae benchmark`` with no data given).
+DEFAULT_SCENARIO = "realistic"
+#: The main benchmark's test seed. Fixed before any design work on the ``realistic``
+#: scenario: designs are chosen on other seeds (1-5) and on real screens, never on this one.
+TEST_SEED = 7
+
+
 def load_data(
     data: str | os.PathLike = "simulated",
     dataset: str | None = None,
-    seed: int = 0,
+    seed: int = TEST_SEED,
     split: str = "unseen",
     simulate_kwargs: dict[str, Any] | None = None,
-    scenario: str = "default",
+    scenario: str | None = None,
 ) -> tuple[AnnData, dict[str, Any]]:
     """Read or simulate the benchmark data.
 
@@ -71,9 +78,9 @@ def load_data(
         Extra arguments of :func:`~sccvae.data.simulate_perturbseq` (they override the
         scenario's).
     scenario
-        A simulated scenario of :data:`sccvae.data.SIMULATION_SCENARIOS` (``"default"``,
-        ``"shared-response"``, ``"weak"``, ``"saturation"``, ``"realistic"``); only for
-        ``data="simulated"``.
+        A simulated scenario of :data:`sccvae.data.SIMULATION_SCENARIOS` (``"realistic"``,
+        ``"default"``, ``"shared-response"``, ``"weak"``, ``"saturation"``); only for
+        ``data="simulated"``, where ``None`` is :data:`DEFAULT_SCENARIO`.
 
     Returns
     -------
@@ -81,6 +88,9 @@ def load_data(
     """
     from sccvae.data import SIMULATION_SCENARIOS
 
+    if str(data) != "simulated" and scenario is not None:
+        raise BenchmarkInputError("`scenario` only applies to simulated data (data='simulated').")
+    scenario = DEFAULT_SCENARIO if scenario is None else scenario
     if scenario not in SIMULATION_SCENARIOS:
         raise BenchmarkInputError(
             f"Unknown scenario {scenario!r}; choose among {', '.join(SIMULATION_SCENARIOS)}."
@@ -98,8 +108,6 @@ def load_data(
         args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
         call = f"simulate_perturbseq({args})"
         return adata, {"source": "simulated", "scenario": scenario, "call": call}
-    if scenario != "default":
-        raise BenchmarkInputError("`scenario` only applies to simulated data (data='simulated').")
     path = Path(data).expanduser()
     if not path.exists():
         raise FileNotFoundError(
@@ -230,12 +238,12 @@ def _input_data(adata, data, dataset, seed, split, simulate_kwargs, scenario, ob
 
 
 def _given_data(
-    adata: AnnData, dataset: str | None, scenario: str
+    adata: AnnData, dataset: str | None, scenario: str | None
 ) -> tuple[AnnData, dict[str, Any]]:
     """Check an AnnData given to run_benchmark; keep only ``dataset``'s cells, if given."""
     if not isinstance(adata, AnnData):
         raise BenchmarkInputError(f"`adata` must be an AnnData, got {type(adata).__name__}.")
-    if scenario != "default":
+    if scenario is not None:
         raise BenchmarkInputError("`scenario` only applies to simulated data, not to `adata`.")
     description: dict[str, Any] = {"source": "AnnData given to run_benchmark"}
     if dataset is not None:
