@@ -11,37 +11,16 @@ programmes, so that the truth has none of the forms a simple predictor assumes.
 
 from __future__ import annotations
 
-import logging
+import inspect
 import math
-import time
 from collections.abc import Sequence
 
 import numpy as np
-import pandas as pd
-import scipy.sparse as sp
 from anndata import AnnData
 
-from sccvae._perturbations import canonical_label
+from ._screen import MODE_SIGNS, draw_screen
 
-from ._network import (
-    CellPropagation,
-    add_cascade,
-    add_hub,
-    build_network,
-    saturate,
-    total_effects,
-)
-from ._preprocessing import COUNTS_LAYER
-
-logger = logging.getLogger(__name__)
-
-_MODES = {"knockdown": -1.0, "activation": 1.0}
-_MODE_ALIASES = {
-    "crispri": "knockdown",
-    "crispra": "activation",
-    "knockdown": "knockdown",
-    "activation": "activation",
-}
+_MODE_ALIASES = {"crispri": "knockdown", "crispra": "activation", **{m: m for m in MODE_SIGNS}}
 _REGULATIONS = ("linear", "hill")
 
 
@@ -61,6 +40,33 @@ def _check_positive_float(value, name: str, allow_zero: bool = False) -> float:
             f"`{name}` must be {'non-negative' if allow_zero else 'positive'}, got {value!r}."
         )
     return value
+
+
+def _check_fraction(value, name: str, low_open: bool = False, high_open: bool = False) -> float:
+    """Check a number in [0, 1]; ``low_open`` / ``high_open`` exclude the ends."""
+    value = float(value) if isinstance(value, (int, float, np.number)) else value
+    low_ok = isinstance(value, float) and (value > 0.0 if low_open else value >= 0.0)
+    if not (low_ok and (value < 1.0 if high_open else value <= 1.0)):
+        interval = f"{'(' if low_open else '['}0, 1{')' if high_open else ']'}"
+        raise ValueError(f"`{name}` must lie in {interval}, got {value!r}.")
+    return value
+
+
+def _check_range(value, name: str) -> tuple[float, float]:
+    """Check a (low, high) pair with 0 <= low <= high."""
+    low, high = (float(v) for v in value)
+    if not 0.0 <= low <= high:
+        raise ValueError(f"`{name}` must be (low, high) with 0 <= low <= high, got {value!r}.")
+    return low, high
+
+
+def _recordable(value):
+    """Write an argument as h5ad can store it: None as "None", sequences as lists."""
+    if value is None:
+        return "None"
+    if isinstance(value, (tuple, list, np.ndarray)):
+        return [_recordable(v) for v in value]
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def simulate_perturbseq(
@@ -323,7 +329,6 @@ def simulate_perturbseq(
     - ``confounder_loadings``: ``n_confounders x n_genes`` (no row without confounders).
     - ``mean_penetrance`` and ``params`` (every argument; ``None`` stored as ``"None"``).
     """
-    start = time.perf_counter()
     n_genes = _check_positive_int(n_genes, "n_genes", 2)
     n_perturbations = _check_positive_int(n_perturbations, "n_perturbations")
     n_cells_per_perturbation = _check_positive_int(
@@ -350,19 +355,10 @@ def simulate_perturbseq(
         )
     if density is None:
         density = 2.0 / n_genes
-    if not 0.0 <= float(density) <= 1.0:
-        raise ValueError(f"`density` must lie in [0, 1], got {density!r}.")
-    density = float(density)
-    if not 0.0 < module_edge_prob <= 1.0:
-        raise ValueError(f"`module_edge_prob` must lie in (0, 1], got {module_edge_prob!r}.")
-    if not 0.0 <= activation_fraction <= 1.0:
-        raise ValueError(f"`activation_fraction` must lie in [0, 1], got {activation_fraction!r}.")
-    lo, hi = (float(v) for v in edge_weight_range)
-    if not 0 <= lo <= hi:
-        raise ValueError(
-            "`edge_weight_range` must be (low, high) with 0 <= low <= high, "
-            f"got {edge_weight_range!r}."
-        )
+    density = _check_fraction(density, "density")
+    module_edge_prob = _check_fraction(module_edge_prob, "module_edge_prob", low_open=True)
+    activation_fraction = _check_fraction(activation_fraction, "activation_fraction")
+    edge_weight_range = lo, hi = _check_range(edge_weight_range, "edge_weight_range")
     if isinstance(modes, str):
         modes = (modes,)
     try:
@@ -373,70 +369,51 @@ def simulate_perturbseq(
         ) from None
     if not modes:
         raise ValueError("`modes` must not be empty.")
-    if penetrance is None:
-        pen_a = pen_b = None
-        mean_pen = 1.0
-    elif np.ndim(penetrance) == 0:
-        mean_pen = float(penetrance)
-        if not 0 < mean_pen <= 1:
+    penetrance_beta, mean_penetrance = None, 1.0
+    if penetrance is not None and np.ndim(penetrance) == 0:
+        mean_penetrance = float(penetrance)
+        if not 0 < mean_penetrance <= 1:
             raise ValueError(f"A constant `penetrance` must lie in (0, 1], got {penetrance!r}.")
-        pen_a = pen_b = None
-    else:
-        pen_a, pen_b = (float(v) for v in penetrance)
-        if pen_a <= 0 or pen_b <= 0:
+    elif penetrance is not None:
+        penetrance_beta = a, b = tuple(float(v) for v in penetrance)
+        if a <= 0 or b <= 0:
             raise ValueError(f"Beta `penetrance` parameters must be positive, got {penetrance!r}.")
-        mean_pen = pen_a / (pen_a + pen_b)
+        mean_penetrance = a / (a + b)
     if saturation is not None:
         saturation = _check_positive_float(saturation, "saturation")
     shared_response = _check_positive_float(shared_response, "shared_response", allow_zero=True)
     if shared_response_genes is None:
         shared_response_genes = max(1, n_genes // 10)
     shared_response_genes = _check_positive_int(shared_response_genes, "shared_response_genes")
-    if not 0.0 <= float(null_fraction) <= 1.0:
-        raise ValueError(f"`null_fraction` must lie in [0, 1], got {null_fraction!r}.")
-    null_fraction = float(null_fraction)
+    null_fraction = _check_fraction(null_fraction, "null_fraction")
     if efficiency is not None:
-        eff_lo, eff_hi = (float(v) for v in efficiency)
-        if not 0.0 <= eff_lo <= eff_hi:
-            raise ValueError(
-                f"`efficiency` must be (low, high) with 0 <= low <= high, got {efficiency!r}."
-            )
+        efficiency = _check_range(efficiency, "efficiency")
     if regulation not in _REGULATIONS:
         raise ValueError(f"`regulation` must be one of {list(_REGULATIONS)}, got {regulation!r}.")
-    hill = regulation == "hill"
     hill_coefficient = _check_positive_float(hill_coefficient, "hill_coefficient")
-    if hill and saturation is not None:
+    if regulation == "hill" and saturation is not None:
         raise ValueError(
             "`saturation` squashes linear effects; Hill regulation (regulation='hill') "
             "saturates by itself. Leave `saturation=None` with regulation='hill'."
         )
     cascade_depth = _check_positive_int(cascade_depth, "cascade_depth")
-    if not 0.0 <= float(hub_fraction) <= 1.0:
-        raise ValueError(f"`hub_fraction` must lie in [0, 1], got {hub_fraction!r}.")
-    hub_fraction = float(hub_fraction)
+    hub_fraction = _check_fraction(hub_fraction, "hub_fraction")
     if hub_genes is None:
         hub_genes = max(1, n_genes // 5)
     hub_genes = _check_positive_int(hub_genes, "hub_genes")
     intrinsic_noise = _check_positive_float(intrinsic_noise, "intrinsic_noise", allow_zero=True)
     n_confounders = _check_positive_int(n_confounders, "n_confounders", 0)
     confounder_scale = _check_positive_float(confounder_scale, "confounder_scale", allow_zero=True)
-    if not 0.0 < float(confounder_fraction) <= 1.0:
-        raise ValueError(f"`confounder_fraction` must lie in (0, 1], got {confounder_fraction!r}.")
-    confounder_fraction = float(confounder_fraction)
-    if not 0.0 <= float(transcript_fraction) <= 1.0:
-        raise ValueError(f"`transcript_fraction` must lie in [0, 1], got {transcript_fraction!r}.")
-    transcript_fraction = float(transcript_fraction)
-    if not 0.0 <= float(target_expression_quantile) < 1.0:
-        raise ValueError(
-            f"`target_expression_quantile` must lie in [0, 1), got {target_expression_quantile!r}."
-        )
-    target_expression_quantile = float(target_expression_quantile)
-    # cells are propagated one by one through the network (rather than by one linear map for
-    # every cell) when something other than the targets' intrinsic variation enters it
-    per_cell = hill or intrinsic_noise > 0 or (n_confounders > 0 and confounder_scale > 0)
+    confounder_fraction = _check_fraction(confounder_fraction, "confounder_fraction", True)
+    transcript_fraction = _check_fraction(transcript_fraction, "transcript_fraction")
+    target_expression_quantile = _check_fraction(
+        target_expression_quantile, "target_expression_quantile", high_open=True
+    )
     if n_modules is None:
         n_modules = max(1, round(n_perturbations / 6))
     n_modules = _check_positive_int(n_modules, "n_modules")
+    if module_size is not None:
+        module_size = _check_positive_int(module_size, "module_size")
     if n_modules > n_perturbations:
         raise ValueError(
             f"`n_modules` ({n_modules}) cannot exceed `n_perturbations` ({n_perturbations})."
@@ -451,337 +428,10 @@ def simulate_perturbseq(
             f"{combination_size} of the {n_perturbations} targets."
         )
 
-    rng = np.random.default_rng(seed)
-    # the scenario options draw from their own stream: without them, the data are unchanged
-    scenario_rng = np.random.default_rng([0 if seed is None else int(seed), 1])
-    # and the options of realistic screens from a third one, for the same reason
-    cell_rng = np.random.default_rng([0 if seed is None else int(seed), 2])
-    width = max(4, len(str(n_genes - 1)))
-    genes = np.array([f"{gene_prefix}{i:0{width}d}" for i in range(n_genes)])
-
-    # baseline expression and topological order
-    log_p = rng.normal(0.0, expression_sigma, n_genes)
-    log_p -= np.log(np.exp(log_p - log_p.max()).sum()) + log_p.max()
-    order = rng.permutation(n_genes)
-    position = np.empty(n_genes, dtype=np.int64)
-    position[order] = np.arange(n_genes)
-    upstream = order[: int(0.4 * n_genes)]
-    expressed = upstream[log_p[upstream] >= np.quantile(log_p, target_expression_quantile)]
-    candidates = expressed if len(expressed) >= n_perturbations else upstream
-    targets = rng.choice(candidates, n_perturbations, replace=False)
-    target_module = np.arange(n_perturbations) % n_modules
-    target_module = rng.permutation(target_module)
-    target_modes = rng.choice(np.array(modes), n_perturbations)
-    direct = (
-        np.array([_MODES[m] for m in target_modes])
-        * effect_size
-        * rng.uniform(0.75, 1.25, n_perturbations)
+    # every argument as validated (defaults filled in), recorded with the truth
+    checked = locals()
+    values = {name: checked[name] for name in inspect.signature(simulate_perturbseq).parameters}
+    record = {name: _recordable(value) for name, value in values.items()}
+    return draw_screen(
+        record, **values, penetrance_beta=penetrance_beta, mean_penetrance=mean_penetrance
     )
-
-    n_downstream = n_genes - (position[targets].max() + 1)
-    if module_size is None:
-        module_size = int(np.clip(0.6 * n_downstream / n_modules, 5, 50))
-    module_size = _check_positive_int(module_size, "module_size")
-    module_size = min(module_size, max(1, n_downstream))
-    if n_downstream < 1:
-        raise ValueError("No genes lie downstream of the targets; increase `n_genes`.")
-    w, gene_module = build_network(
-        rng, n_genes, targets, target_module, order, n_modules, module_size, module_edge_prob,
-        density, (lo, hi), activation_fraction,
-    )  # fmt: skip
-    gene_module[targets] = target_module
-    relays = np.zeros((n_modules, 0), dtype=np.int64)
-    if cascade_depth > 1:
-        w, relays = add_cascade(
-            cell_rng, w, order, targets, target_module, gene_module, cascade_depth, (lo, hi)
-        )
-    hub, hub_members = -1, np.zeros(0, dtype=np.int64)
-    hub_feeders = np.zeros(0, dtype=np.int64)
-    if hub_fraction > 0:
-        n_feeders = max(1, round(hub_fraction * n_perturbations))
-        hub_feeders = np.sort(cell_rng.choice(n_perturbations, n_feeders, replace=False))
-        w, hub, hub_members = add_hub(
-            cell_rng, w, order, targets, targets[hub_feeders], hub_genes, (lo, hi),
-            relays.ravel(), activation_fraction,
-        )  # fmt: skip
-    target_efficiency = np.ones(n_perturbations)
-    if efficiency is not None:
-        target_efficiency = scenario_rng.uniform(eff_lo, eff_hi, n_perturbations)
-        direct = direct * target_efficiency
-    null_targets = np.zeros(n_perturbations, dtype=bool)
-    if null_fraction > 0:
-        n_null = round(null_fraction * n_perturbations)
-        null_targets[scenario_rng.permutation(n_perturbations)[:n_null]] = True
-        keeps_edges = ~np.isin(np.arange(n_genes), targets[null_targets])
-        w = (sp.diags(keeps_edges.astype(float)) @ w).tocsr()
-        w.eliminate_zeros()
-    shared_loadings = np.zeros(n_genes, dtype=np.float32)
-    shared_strength = np.zeros(n_perturbations)
-    if shared_response > 0:
-        pool = np.setdiff1d(np.arange(n_genes), targets)
-        members = scenario_rng.choice(pool, min(shared_response_genes, pool.size), replace=False)
-        signs = np.where(scenario_rng.random(members.size) < 0.5, -1.0, 1.0)
-        shared_loadings[members] = signs * scenario_rng.uniform(0.5, 1.5, members.size)
-        shared_strength = shared_response * scenario_rng.uniform(0.5, 1.5, n_perturbations)
-
-    offsets = np.zeros(0, dtype=np.float32)
-    confounders = np.zeros((0, n_genes), dtype=np.float32)
-    propagation = None
-    if per_cell:
-        w.sort_indices()  # edge order = the row-major order of the dense adjacency
-        if hill:
-            # where each regulator sits relative to each edge's threshold in the baseline cell:
-            # from well below it (knock-downs change nothing) to well above it (switch-like)
-            offsets = cell_rng.uniform(-2.0, 2.0, w.nnz).astype(np.float32)
-        propagation = CellPropagation(w, order, hill_coefficient if hill else None, offsets)
-        if n_confounders and confounder_scale > 0:
-            members = cell_rng.random((n_confounders, n_genes)) < confounder_fraction
-            signs = np.where(cell_rng.random((n_confounders, n_genes)) < 0.8, 1.0, -1.0)
-            magnitude = confounder_scale * cell_rng.uniform(0.5, 1.5, (n_confounders, n_genes))
-            confounders = (members * signs * magnitude).astype(np.float32)
-
-    # perturbation list: singles then combinations
-    designs: list[tuple[int, ...]] = [(k,) for k in range(n_perturbations)]
-    seen: set[tuple[int, ...]] = set()
-    attempts = 0
-    while len(seen) < n_combinations:
-        attempts += 1
-        if attempts > 1000 * (n_combinations + 1):
-            raise RuntimeError("Could not draw enough distinct combinations.")
-        members = None
-        if rng.random() < 0.5:
-            module = rng.integers(n_modules)
-            pool = np.flatnonzero(target_module == module)
-            if len(pool) >= combination_size:
-                members = rng.choice(pool, combination_size, replace=False)
-        if members is None:
-            members = rng.choice(n_perturbations, combination_size, replace=False)
-        key = tuple(sorted(int(m) for m in members))
-        if key not in seen:
-            seen.add(key)
-            designs.append(key)
-    labels = [canonical_label(genes[targets[list(d)]]) for d in designs]
-    shifts = np.zeros((len(designs), n_genes))
-    for row, design in enumerate(designs):
-        for k in design:
-            shifts[row, targets[k]] += direct[k]
-    total = total_effects(w, order, shifts)  # at full penetrance
-    strength = np.array([shared_strength[list(d)].sum() for d in designs])
-    specific = saturate(mean_pen * total, saturation)
-    if hill:  # the noise-free cell, knocked down at the mean penetrance
-        specific = propagation(mean_pen * shifts).astype(np.float64)
-    expected = specific + mean_pen * strength[:, None] * shared_loadings
-    if transcript_fraction < 1:  # the targets' own transcripts keep part of their level
-        expected -= (1.0 - transcript_fraction) * mean_pen * shifts
-    expected = expected.astype(np.float32)
-
-    # cell-level generation, block by block
-    theta = (1.0 / (dispersion * np.exp(rng.normal(0.0, 0.5, n_genes)))).astype(np.float32)
-    loadings = rng.normal(0.0, program_scale, (n_programs, n_genes)).astype(np.float32)
-    log_p32 = log_p.astype(np.float32)
-    # total effect of a unit change of each target on every gene (targets x genes)
-    target_units = np.zeros((len(targets), n_genes))
-    target_units[np.arange(len(targets)), targets] = 1.0
-    target_propagation = None
-    if regulator_noise > 0 and not per_cell:
-        target_propagation = total_effects(w, order, target_units).astype(np.float32)
-
-    def block(n: int, effect: np.ndarray | None, shared: float = 0.0, direct=None):
-        log_lib = rng.normal(np.log(library_size), library_size_sigma, n).astype(np.float32)
-        log_mu = rng.standard_normal((n, n_genes), dtype=np.float32)
-        log_mu *= np.float32(gene_noise)
-        log_mu += log_p32
-        log_mu += log_lib[:, None]
-        if n_programs:
-            log_mu += rng.standard_normal((n, n_programs), dtype=np.float32) @ loadings
-        if target_propagation is not None:
-            intrinsic = rng.standard_normal((n, target_propagation.shape[0]), dtype=np.float32)
-            intrinsic *= np.float32(regulator_noise)
-            log_mu += intrinsic @ target_propagation
-        exo = None
-        if per_cell:  # what enters the network in each cell, before it propagates
-            exo = np.zeros((n, n_genes), dtype=np.float32)
-            if intrinsic_noise > 0:
-                exo += np.float32(intrinsic_noise) * cell_rng.standard_normal(
-                    (n, n_genes), dtype=np.float32
-                )
-            if regulator_noise > 0:
-                exo[:, targets] += np.float32(regulator_noise) * cell_rng.standard_normal(
-                    (n, len(targets)), dtype=np.float32
-                )
-            if confounders.shape[0]:
-                factors = cell_rng.standard_normal((n, confounders.shape[0]), dtype=np.float32)
-                exo += factors @ confounders
-        if effect is None:
-            pen = np.zeros(n, dtype=np.float32)
-        else:
-            if pen_a is None:
-                pen = np.full(n, mean_pen, dtype=np.float32)
-            else:
-                pen = rng.beta(pen_a, pen_b, n).astype(np.float32)
-            effect32 = effect.astype(np.float32)
-            nz = np.flatnonzero(effect32)
-            if hill:  # the knock-down enters the network with the cell's own variation
-                exo[:, nz] += pen[:, None] * effect32[nz][None, :]
-            else:
-                log_mu[:, nz] += saturate(pen[:, None] * effect32[nz][None, :], saturation)
-            if transcript_fraction < 1:
-                # a knock-out's protein is lost, but nonsense-mediated decay removes only part
-                # of its transcript: the measured target keeps the rest of its direct shift
-                own = np.flatnonzero(direct)
-                log_mu[:, own] -= np.float32(1.0 - transcript_fraction) * (
-                    pen[:, None] * direct[own].astype(np.float32)[None, :]
-                )
-        if exo is not None:
-            log_mu += propagation(exo)
-            del exo
-        if shared_response > 0:
-            state = scenario_rng.normal(0.0, program_scale, n).astype(np.float32) + pen * shared
-            log_mu += state[:, None] * shared_loadings[None, :]
-        np.exp(log_mu, out=log_mu)  # now the NB mean
-        lam = rng.standard_gamma(theta, size=(n, n_genes), dtype=np.float32)
-        lam *= log_mu
-        lam /= theta
-        del log_mu
-        counts = rng.poisson(lam)
-        del lam
-        flat = np.flatnonzero(counts)
-        data = counts.ravel()[flat].astype(np.float32)
-        del counts
-        row_nnz = np.bincount(flat // n_genes, minlength=n)
-        indices = (flat % n_genes).astype(np.int32)
-        return data, indices, row_nnz, pen, np.exp(log_lib)
-
-    # blocks are generated one at a time (bounded temporaries) and kept as compact CSR pieces
-    pieces, obs_label, obs_pen, obs_lib = [], [], [], []
-    jobs = []
-    remaining = n_control_cells
-    while remaining > 0:
-        jobs.append(("control", min(1000, remaining), None))
-        remaining -= jobs[-1][1]
-    jobs = [(label, n, effect, 0.0, None) for label, n, effect in jobs]
-    # Hill regulation propagates each cell's direct shifts; linear effects are propagated once
-    effects = shifts if hill else total
-    jobs += [
-        (label, n_cells_per_perturbation, effects[row], strength[row], shifts[row])
-        for row, label in enumerate(labels)
-    ]
-    for label, n, effect, shared, direct_shift in jobs:
-        data, indices, row_nnz, pen, lib = block(n, effect, shared, direct_shift)
-        pieces.append((data, indices, row_nnz))
-        obs_label += [label] * n
-        obs_pen.append(pen)
-        obs_lib.append(lib)
-    # assemble counts and log-normalised values, freeing each piece once copied
-    row_nnz = np.concatenate([p[2] for p in pieces])
-    indptr = np.zeros(len(row_nnz) + 1, dtype=np.int64)
-    np.cumsum(row_nnz, out=indptr[1:])
-    nnz = int(indptr[-1])
-    if nnz < np.iinfo(np.int32).max:
-        indptr = indptr.astype(np.int32)
-    count_data = np.empty(nnz, dtype=np.float32)
-    log_data = np.empty(nnz, dtype=np.float32)
-    indices = np.empty(nnz, dtype=np.int32)
-    pos = 0
-    pieces.reverse()
-    while pieces:
-        data, idx, rn = pieces.pop()
-        k = len(data)
-        count_data[pos : pos + k] = data
-        indices[pos : pos + k] = idx
-        totals = np.bincount(np.repeat(np.arange(len(rn)), rn), weights=data, minlength=len(rn))
-        scale = np.divide(1e4, totals, out=np.zeros_like(totals), where=totals > 0)
-        log_data[pos : pos + k] = np.log1p(data * np.repeat(scale, rn).astype(np.float32))
-        pos += k
-        del data, idx, rn
-    counts = sp.csr_matrix((count_data, indices, indptr), shape=(len(obs_label), n_genes))
-    x = sp.csr_matrix((log_data, indices.copy(), indptr.copy()), shape=counts.shape)
-
-    design_mode = []
-    for design in designs:
-        m = {str(target_modes[k]) for k in design}
-        design_mode.append(m.pop() if len(m) == 1 else "mixed")
-    mode_of = dict(zip(labels, design_mode, strict=True))
-    ntar_of = {label: len(d) for label, d in zip(labels, designs, strict=True)}
-    categories = ["control"] + labels
-    obs = pd.DataFrame(
-        {
-            "perturbation": pd.Categorical(obs_label, categories=categories),
-            "penetrance": np.concatenate(obs_pen).astype(np.float32),
-            "mode": pd.Categorical([mode_of.get(lab, "control") for lab in obs_label]),
-            "n_targets": np.array([ntar_of.get(lab, 0) for lab in obs_label], dtype=np.int64),
-            "library_size": np.concatenate(obs_lib).astype(np.float32),
-        },
-        index=pd.Index([f"cell{i}" for i in range(len(obs_label))]),
-    )
-    var = pd.DataFrame(
-        {
-            "baseline_mean": (library_size * np.exp(log_p)).astype(np.float32),
-            "dispersion": (1.0 / theta).astype(np.float32),
-            "is_target": np.isin(np.arange(n_genes), targets),
-            "module": gene_module.astype(np.int64),
-        },
-        index=pd.Index(genes),
-    )
-    adata = AnnData(X=x, obs=obs, var=var)
-    adata.layers[COUNTS_LAYER] = counts
-    adata.obs["total_counts"] = np.asarray(counts.sum(axis=1)).ravel().astype(np.float32)
-
-    params = {
-        "n_genes": n_genes, "n_perturbations": n_perturbations,
-        "n_cells_per_perturbation": n_cells_per_perturbation, "n_control_cells": n_control_cells,
-        "n_combinations": n_combinations, "density": density, "effect_size": effect_size,
-        "modes": list(modes), "n_modules": n_modules, "module_size": module_size,
-        "module_edge_prob": float(module_edge_prob), "combination_size": combination_size,
-        "edge_weight_range": [lo, hi], "activation_fraction": float(activation_fraction),
-        "expression_sigma": expression_sigma, "n_programs": n_programs,
-        "program_scale": program_scale, "gene_noise": gene_noise,
-        "regulator_noise": regulator_noise, "library_size": library_size,
-        "library_size_sigma": library_size_sigma, "dispersion": dispersion,
-        "penetrance": (
-            "None" if penetrance is None
-            else list(np.atleast_1d(np.asarray(penetrance, dtype=float)))
-        ),
-        "saturation": "None" if saturation is None else saturation,
-        "shared_response": shared_response, "shared_response_genes": shared_response_genes,
-        "null_fraction": null_fraction,
-        "efficiency": "None" if efficiency is None else [eff_lo, eff_hi],
-        "regulation": regulation, "hill_coefficient": hill_coefficient,
-        "cascade_depth": cascade_depth, "hub_fraction": hub_fraction, "hub_genes": hub_genes,
-        "intrinsic_noise": intrinsic_noise,
-        "n_confounders": n_confounders, "confounder_scale": confounder_scale,
-        "confounder_fraction": confounder_fraction, "transcript_fraction": transcript_fraction,
-        "target_expression_quantile": target_expression_quantile,
-        "gene_prefix": gene_prefix,
-        "seed": "None" if seed is None else int(seed),
-    }  # fmt: skip
-    adata.uns["simulation"] = {
-        "adjacency": w.astype(np.float32).toarray(),
-        "genes": genes.astype(str),
-        "topological_order": order.astype(np.int64),
-        "perturbations": np.array(labels, dtype=str),
-        "expected_shift": expected,
-        "targets": genes[targets].astype(str),
-        "target_modes": target_modes.astype(str),
-        "target_modules": target_module.astype(np.int64),
-        "target_direct_shift": direct.astype(np.float32),
-        "target_efficiency": target_efficiency.astype(np.float32),
-        "null_targets": genes[targets[null_targets]].astype(str),
-        "shared_response_loadings": shared_loadings,
-        "shared_response_strength": strength.astype(np.float32),
-        "relays": np.where(relays >= 0, genes[np.maximum(relays, 0)], "").astype(str),
-        "hub": genes[hub] if hub >= 0 else "None",
-        "hub_genes": genes[hub_members].astype(str),
-        # a null target drawn to feed the hub lost that edge with the others
-        "hub_targets": genes[targets[hub_feeders[~null_targets[hub_feeders]]]].astype(str),
-        "hill_offsets": offsets.astype(np.float32),
-        "confounder_loadings": confounders.astype(np.float32),
-        "mean_penetrance": float(mean_pen),
-        "params": params,
-    }
-    adata.uns["log1p"] = {"base": None}
-    logger.info(
-        "Simulated %d cells x %d genes, %d perturbations (%d combinations), %d edges in %.1f s.",
-        adata.n_obs, n_genes, len(labels), n_combinations, w.nnz, time.perf_counter() - start,
-    )  # fmt: skip
-    return adata
