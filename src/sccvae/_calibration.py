@@ -43,9 +43,9 @@ import logging
 import numpy as np
 import torch
 
-from ._constants import REGISTRY_KEYS
 from ._inputs import dense
 from ._module import saturate
+from ._observed import observed_changes
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def calibrate_training_targets(
     (``"decrease_bound"``, infinite without one).
     """
     module = model.module
-    labels, observed, control_rows = _observed_changes(model, train_idx)
+    labels, observed, control_rows = observed_changes(model, train_idx)
     if labels.size == 0:
         return {}
     expression = model._expression(model.adata)
@@ -158,7 +158,7 @@ def estimate_decrease_bound(model, train_idx: np.ndarray, factor: float = 1.1) -
     combinations better than adding them; otherwise there is none (``inf``).
     """
     module = model.module
-    labels, observed, _ = _observed_changes(model, train_idx)
+    labels, observed, _ = observed_changes(model, train_idx)
     changes = observed * module.gene_scale  # log-normalised units
     largest = float(-changes.min()) if labels.size else 0.0
     if largest <= 0:
@@ -176,53 +176,6 @@ def estimate_decrease_bound(model, train_idx: np.ndarray, factor: float = 1.1) -
         added += float(((singles.sum(dim=0) - changes[row]) ** 2).sum())
         bounded += float(((saturate(drives.sum(dim=0), bound) - changes[row]) ** 2).sum())
     return float(bound) if bounded <= added else float("inf")
-
-
-@torch.no_grad()
-def _observed_changes(model, train_idx: np.ndarray, significance: bool = False):
-    """Training labels (codes), their standardised mean changes, and the control rows.
-
-    With ``significance``, also each change's Welch t statistic (labels x genes), the
-    change over its standard error (signed).
-    """
-    module = model.module
-    train_idx = np.asarray(train_idx)
-    codes = (
-        model.adata_manager.get_from_registry(REGISTRY_KEYS.PERTURBATION_KEY)
-        .ravel()
-        .astype(int)[train_idx]
-    )
-    is_control = module.label_is_control.cpu().numpy()
-    labels = np.array([c for c in np.unique(codes) if not is_control[c]], dtype=int)
-    expression = model._expression(model.adata)
-    device = model.device
-
-    def moments(rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and variance of the mean of the standardised expression of ``rows``."""
-        total = torch.zeros(module.n_input, device=device, dtype=torch.float64)
-        squares = torch.zeros_like(total)
-        for start in range(0, rows.size, 2048):
-            block = dense(expression[rows[start : start + 2048]])
-            x = module.standardize(torch.as_tensor(block, dtype=torch.float32, device=device))
-            total += x.sum(dim=0).double()
-            squares += (x.double() ** 2).sum(dim=0)
-        mean = total / rows.size
-        variance = (squares / rows.size - mean**2).clamp_min(0.0) / max(rows.size - 1, 1)
-        return mean.float(), variance.float()
-
-    control_rows = train_idx[is_control[codes]]
-    control_mean, control_variance = moments(control_rows)
-    observed, statistics = [], []
-    for code in labels:
-        mean, variance = moments(train_idx[codes == code])
-        observed.append(mean - control_mean)
-        error = (variance + control_variance).sqrt()
-        statistics.append(observed[-1] / error.clamp_min(1e-12) * (error > 0))
-    empty = torch.zeros(0, module.n_input, device=device)
-    observed = torch.stack(observed) if observed else empty
-    if significance:
-        return labels, observed, torch.stack(statistics) if statistics else empty, control_rows
-    return labels, observed, control_rows
 
 
 def _fit_corrections(

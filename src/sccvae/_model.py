@@ -17,7 +17,6 @@ from scvi.model.base import BaseModelClass
 from scvi.train import TrainRunner
 
 from ._borrowing import fit_borrowing
-from ._calibration import _observed_changes as observed_changes
 from ._calibration import calibrate_training_targets, estimate_decrease_bound
 from ._constants import MODEL_DEFAULTS, REGISTRY_KEYS, TRAIN_DEFAULTS
 from ._dataloading import PerturbationDataSplitter
@@ -27,6 +26,7 @@ from ._interpretation import InterpretationMixin
 from ._interventions import UNSEEN_MAGNITUDE_RULES, fit_unseen_maps
 from ._module import SCCVAEModule
 from ._nodes import gene_nodes, observed_own_changes
+from ._observed import observed_changes
 from ._perturbations import Targets, parse_perturbation, target_matrix
 from ._prediction import PredictionMixin
 from ._quiet import without_notices

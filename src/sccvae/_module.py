@@ -260,9 +260,12 @@ class SCCVAEModule(BaseModuleClass):
 
         A node gene's own node (one-hot); the perturbation encoder's output for the others.
         """
-        encoded = self.target_distribution(embedding)
-        own = F.one_hot(nodes.clamp_min(0), self.n_latent).to(encoded.dtype)
-        return torch.where((nodes >= 0)[:, None], own, encoded)
+        profile = F.one_hot(nodes.clamp_min(0), self.n_latent).to(embedding.dtype)
+        # the encoder runs on the other targets only (none: an empty batch, which keeps it
+        # in the graph with zero gradients, as when its rows were all discarded)
+        embedded = torch.nonzero(nodes < 0).ravel()
+        encoded = self.target_distribution(embedding[embedded])
+        return profile.index_copy(0, embedded, encoded)
 
     def predicted_magnitude(self, target_embedding: torch.Tensor) -> torch.Tensor:
         """Predict the shift magnitude of unseen targets that are not node genes."""
@@ -299,9 +302,12 @@ class SCCVAEModule(BaseModuleClass):
         floor = (self.expression_floor - self.gene_center) / self.gene_scale
         return torch.maximum(cells + self.saturate(change, self.gene_scale), floor)
 
-    def training_targets(self) -> dict[str, torch.Tensor]:
-        """Return the description of the training targets that :meth:`shift` uses by default."""
-        return {
+    def training_targets(self, columns: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Return the description of the training targets that :meth:`shift` uses by default.
+
+        ``columns``: only those targets (rows gathered), e.g. the targets of one minibatch.
+        """
+        targets = {
             "node": self.target_nodes,
             "embedding": self.target_embedding,
             "magnitude": self.magnitude,
@@ -309,6 +315,9 @@ class SCCVAEModule(BaseModuleClass):
             "residual": self.target_residual,
             "correction": self.target_correction,
         }
+        if columns is None:
+            return targets
+        return {key: value[columns] for key, value in targets.items()}
 
     def target_shifts(self, targets: dict[str, torch.Tensor]) -> torch.Tensor:
         """Each target's own shift ``c_t a_t`` (``targets x d``), without the shared shift.
@@ -369,14 +378,17 @@ class SCCVAEModule(BaseModuleClass):
 
     def _get_generative_input(self, tensors, inference_outputs, **kwargs) -> dict:
         control_x, perturbed_x, perturbed_labels = self._split_batch(tensors)
-        weights = torch.zeros(
-            control_x.shape[0], self.label_targets.shape[1], device=control_x.device
-        )
-        weights[: perturbed_labels.shape[0]] = self.label_targets[perturbed_labels]
+        # only the targets of the batch's labels are described (their rows gathered): a
+        # step's cost must not grow with the number of training targets
+        switched = self.label_targets[perturbed_labels]
+        columns = torch.nonzero(switched.sum(dim=0)).ravel()
+        weights = switched.new_zeros(control_x.shape[0], columns.numel())
+        weights[: perturbed_labels.shape[0]] = switched[:, columns]
         return {
             "z": inference_outputs["z"],
             "target_weights": weights,
             "library": self._library(perturbed_x, control_x),
+            "targets": self.training_targets(columns),
         }
 
     def _library(self, perturbed_x: torch.Tensor, control_x: torch.Tensor) -> torch.Tensor:
@@ -423,19 +435,23 @@ class SCCVAEModule(BaseModuleClass):
         """Shift, propagate and decode: predictions for the perturbed and the unperturbed state."""
         targets = self.training_targets() if targets is None else targets
         shift = self.shift(target_weights, targets)
-        u_control = self.scm(z)
+        n = z.shape[0]
+        node_values = None
         if "propagation" in targets:
             # the network passes on only a share of each target's own shift; its own node
             # still takes all of it
             damped = {**targets, "magnitude": targets["magnitude"] * targets["propagation"]}
             passed = self.shift(target_weights, damped)
-            u_network = self.scm(z, passed)
-            u = u_network + (shift - passed)
-            prediction = self.decode(u_network, node_values=u)
+            both = self._propagate(z, passed)
+            u_control = both[:n]
+            u = both[n:] + (shift - passed)
+            node_values = torch.cat([u_control, u])
         else:
-            u = self.scm(z, shift)
-            prediction = self.decode(u)
-        control_prediction = self.decode(u_control)
+            both = self._propagate(z, shift)
+            u_control, u = both[:n], both[n:]
+        # unperturbed and shifted cells in one pass of the decoder (one pass over its weights)
+        decoded = self.decode(both, node_values=node_values)
+        control_prediction, prediction = decoded[:n], decoded[n:]
         if "residual" in targets:
             prediction = prediction + self.gene_scale * (target_weights @ targets["residual"])
         prediction = control_prediction + self.saturate(prediction - control_prediction)
@@ -447,6 +463,13 @@ class SCCVAEModule(BaseModuleClass):
             "control_prediction": control_prediction,
             "library": library,
         }
+
+    def _propagate(self, z: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+        """``z`` and ``z + shift`` propagated in one solve (one pass over the graph's weights).
+
+        Rows ``:len(z)`` are the unperturbed cells, the rest the shifted ones.
+        """
+        return self.scm(torch.cat([z, z + shift.expand_as(z)]))
 
     def expression_mean(self, decoded: torch.Tensor, library: torch.Tensor | None) -> torch.Tensor:
         """Decode to expression in the input's space (log-normalised values or expected counts)."""

@@ -1,0 +1,208 @@
+"""Cost of SCCVAE against the number of perturbations: training speed, calibration, memory.
+
+A screen of knock-downs of measured genes (every target a gene node, as on Replogle 2022's
+K562 screens) with ``--cells`` cells per knock-down and ``--controls`` control cells over
+``--genes`` genes, log-normalised-looking sparse values (the cost does not depend on the
+values). For each number of perturbations, in a fresh process (so that its peak memory is
+its own): SCCVAE at its defaults (``n_latent=64`` plus one node per measured target),
+``--steps`` timed training steps after a warm-up (cells per second counts perturbed cells and
+their paired control cells, and the time to load their batches; ``step_compute_s`` is the
+median step without the loading), then what ``train`` runs after the optimiser (calibration of
+the trained perturbations, the maps for unseen targets, the training reference: seconds),
+and the process's peak resident memory. A size that runs past ``--timeout`` keeps its
+training figures.
+
+Usage::
+
+    python benchmarks/scale.py                                  # 10, 300, 1000, 2000 x 8000 genes
+    python benchmarks/scale.py --perturbations 10 300 --steps 20
+    python benchmarks/scale.py --device cuda                    # on a GPU machine
+
+Prints a markdown table and the command; ``--json`` also writes the rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import shlex
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+
+def _screen(n_perturbations: int, n_genes: int, cells: int, controls: int, seed: int = 0):
+    import anndata as ad
+    import pandas as pd
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(seed)
+    n_cells = controls + n_perturbations * cells
+    nnz = int(n_cells * n_genes * 0.1)  # ~10 % non-zero, as Perturb-seq
+    rows = rng.integers(0, n_cells, nnz)
+    cols = rng.integers(0, n_genes, nnz)
+    values = np.log1p(rng.gamma(1.0, 2.0, nnz)).astype(np.float32)
+    x = sp.csr_matrix((values, (rows, cols)), shape=(n_cells, n_genes))
+    x.sum_duplicates()
+    genes = [f"G{i}" for i in range(n_genes)]
+    labels = ["control"] * controls + [
+        genes[i] for i in range(n_perturbations) for _ in range(cells)
+    ]
+    obs = pd.DataFrame({"perturbation": labels}, index=[f"c{i}" for i in range(n_cells)])
+    return ad.AnnData(x, obs=obs, var=pd.DataFrame(index=genes))
+
+
+def measure(args) -> dict:
+    """Train ``args.steps`` timed steps and calibrate, in this process."""
+    import lightning.pytorch as pl
+    import torch
+
+    import sccvae
+
+    torch.set_num_threads(args.threads)
+    adata = _screen(args.one, args.genes, args.cells, args.controls)
+    sccvae.SCCVAE.setup_anndata(adata)
+    start = time.perf_counter()
+    model = sccvae.SCCVAE(adata, seed=0)
+    setup_seconds = time.perf_counter() - start
+    synchronize = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
+
+    class StepTimer(pl.Callback):
+        def __init__(self):
+            self.starts, self.ends = [], []
+
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            synchronize()
+            self.starts.append(time.perf_counter())
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            synchronize()
+            self.ends.append(time.perf_counter())
+
+        def on_train_end(self, trainer, module):
+            self.fit_end = time.perf_counter()
+            # the training figures now, in case what follows runs past the timeout
+            print(json.dumps(training_row(self)), flush=True)
+
+    def training_row(timer) -> dict:
+        # from the end of the warm-up to the end of the last step: loading the batches counts
+        ends = np.array(timer.ends)
+        elapsed = float(ends[-1] - ends[args.warmup - 1])
+        n_steps = len(ends) - args.warmup
+        compute = float(np.median((ends - np.array(timer.starts))[args.warmup :]))
+        return {
+            "perturbations": args.one,
+            "genes": args.genes,
+            "cells": adata.n_obs,
+            "latent_nodes": int(model.module.n_latent),
+            "device": args.device,
+            "threads": args.threads,
+            "cells_per_s": 2 * batch_size * n_steps / elapsed,
+            "step_s": elapsed / n_steps,
+            "step_compute_s": compute,
+            "model_setup_s": setup_seconds,
+        }
+
+    timer = StepTimer()
+    batch_size = 128  # SCCVAE's default (perturbed cells per step, each with a control)
+    model.train(
+        max_epochs=1,
+        train_size=1.0,
+        batch_size=batch_size,
+        n_threads=args.threads,
+        accelerator="gpu" if args.device == "cuda" else "cpu",
+        devices=1,
+        limit_train_batches=args.warmup + args.steps,
+        callbacks=[timer],
+        enable_progress_bar=False,
+        logger=False,
+        enable_checkpointing=False,
+    )
+    done = time.perf_counter()
+    return {
+        **training_row(timer),
+        "after_training_s": done - timer.fit_end,
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        **(
+            {"peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30}
+            if args.device == "cuda"
+            else {}
+        ),
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--perturbations", type=int, nargs="+", default=[10, 300, 1000, 2000])
+    parser.add_argument("--genes", type=int, default=8000)
+    parser.add_argument("--cells", type=int, default=20, help="cells per knock-down")
+    parser.add_argument("--controls", type=int, default=5000)
+    parser.add_argument("--steps", type=int, default=20, help="timed training steps")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds per size")
+    parser.add_argument("--json", help="also write the rows to this JSON file")
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: one size
+    args = parser.parse_args(argv)
+    if args.one is not None:
+        print(json.dumps(measure(args)))
+        return 0
+    rows = []
+    for n in args.perturbations:
+        command = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:])]
+        command += ["--one", str(n)]
+        try:
+            done = subprocess.run(
+                command, capture_output=True, text=True, timeout=args.timeout, check=True
+            )
+            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        except subprocess.TimeoutExpired as error:
+            out = error.stdout or ""
+            out = out.decode() if isinstance(out, bytes) else out
+            partial = out.strip().splitlines()
+            row = json.loads(partial[-1]) if partial else {"perturbations": n}
+            rows.append({**row, "error": f"stopped after {args.timeout:.0f} s"})
+        except subprocess.CalledProcessError as error:
+            rows.append({"perturbations": n, "error": error.stderr.strip().splitlines()[-1]})
+        print(json.dumps(rows[-1]), file=sys.stderr)
+    columns = [
+        "perturbations",
+        "genes",
+        "cells",
+        "latent_nodes",
+        "cells_per_s",
+        "step_s",
+        "after_training_s",
+        "peak_rss_gib",
+        "model_setup_s",
+    ]
+    if args.device == "cuda":
+        columns.append("peak_gpu_gib")
+    print(f"Machine: {platform.platform()}, {args.device}, {args.threads} torch thread(s)")
+    print()
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+    for row in rows:
+        if "error" in row and "cells_per_s" not in row:
+            print(f"| {row['perturbations']} | {row['error']} |")
+            continue
+        cells = [
+            f"{row[c]:.3g}" if isinstance(row.get(c), float) else str(row.get(c, row.get("error")))
+            for c in columns
+        ]
+        print("| " + " | ".join(cells) + " |")
+    print()
+    print(f"`python {shlex.join(['benchmarks/scale.py', *sys.argv[1:]])}`")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(rows, handle, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
