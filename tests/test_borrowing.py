@@ -96,6 +96,17 @@ def test_too_few_validation_targets_borrow_the_mean_and_propagate_fully():
     assert borrowing.scores == {}
 
 
+def test_many_validation_targets_are_capped_by_a_seeded_draw(monkeypatch):
+    import sccvae._borrowing as borrowing_module
+
+    control, changes, significance, columns = _programme_screen()
+    monkeypatch.setattr(borrowing_module, "MAX_VALIDATION_TARGETS", 8)
+    first = choose_borrowing(control, changes, significance, columns, range(12), -1.0)
+    again = choose_borrowing(control, changes, significance, columns, range(12), -1.0)
+    assert first.n_validation == 8
+    assert first.scores == again.scores  # the same draw every time
+
+
 def test_joint_regression_holds_the_other_regressors_fixed():
     rng = np.random.default_rng(1)
     u = rng.normal(size=2000)

@@ -309,7 +309,7 @@ def test_epochs_say_the_same_in_help_log_and_config(caplog, capsys):
     from sccvae.benchmark._methods import DEFAULT_EPOCHS_TEXT
     from sccvae.cli import main
 
-    assert "31 per fold" in DEFAULT_EPOCHS_TEXT
+    assert "42 per fold" in DEFAULT_EPOCHS_TEXT
     with pytest.raises(SystemExit):
         main(["benchmark", "--help"])
     assert DEFAULT_EPOCHS_TEXT in " ".join(capsys.readouterr().out.split())

@@ -52,6 +52,9 @@ PROPAGATION_WEIGHTS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
 MIN_VALIDATION_TARGETS = 3
 #: Genes of the top-changed set in the validation score (as the benchmark's DE sets).
 N_TOP_GENES = 20
+#: Most validation targets of the leave-one-out choice (a seeded draw beyond): the choice is
+#: of two numbers, and each validation target costs a pass over every training label
+MAX_VALIDATION_TARGETS = 200
 
 
 @dataclass
@@ -226,18 +229,25 @@ def choose_borrowing(
     validation = list(validation)
     if len(validation) < MIN_VALIDATION_TARGETS:
         return Borrowing(n_validation=len(validation))
+    if len(validation) > MAX_VALIDATION_TARGETS:
+        draw = np.random.default_rng(0).choice(len(validation), MAX_VALIDATION_TARGETS, False)
+        validation = [validation[i] for i in np.sort(draw)]
     columns = [label_columns[row][0] for row in validation]
     signatures = sign * control_signatures(control, columns)
     similarity = similarities(signatures, columns, significance, label_columns)
     own = np.array([changes[row, column] for row, column in zip(validation, columns, strict=True)])
     borrowable = borrowable_changes(changes, label_columns)
     regression = joint_regression(control, columns)
+    # the labels each validation target may borrow from: not its own, none sharing its gene
+    pools = []
+    for row, column in zip(validation, columns, strict=True):
+        pool = np.array([column not in label for label in label_columns])
+        pool[row] = False
+        pools.append(pool)
     per_target: dict[tuple[float, float], np.ndarray] = {}
     for temperature in temperatures:
         borrowed = []
-        for i, (row, column) in enumerate(zip(validation, columns, strict=True)):
-            pool = np.array([column not in label for label in label_columns])
-            pool[row] = False
+        for i, pool in enumerate(pools):
             weights = borrowing_weights(similarity[i, pool], temperature)[0]
             borrowed.append(weights @ borrowable[pool])
         for weight in propagation_weights:

@@ -32,8 +32,8 @@ DEFAULT_MAX_EPOCHS: int | None = None
 #: What ``max_epochs=None`` trains for, in the words of ``--help``, the log and ``config``;
 #: the epochs each fold trained for are logged and in ``training.csv``.
 DEFAULT_EPOCHS_TEXT = (
-    "the model's default, as many epochs as give about 3,000 optimiser steps (31 per fold on "
-    "the simulated screen's unseen split)"
+    "the model's default, as many epochs as give about 3,000 optimiser steps (42 per fold on "
+    "the default realistic screen's unseen split)"
 )
 
 #: SCCVAE arguments the benchmark sets unless ``model_kwargs`` overrides them (none: the
