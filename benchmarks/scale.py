@@ -33,27 +33,7 @@ import sys
 import time
 
 import numpy as np
-
-
-def _screen(n_perturbations: int, n_genes: int, cells: int, controls: int, seed: int = 0):
-    import anndata as ad
-    import pandas as pd
-    import scipy.sparse as sp
-
-    rng = np.random.default_rng(seed)
-    n_cells = controls + n_perturbations * cells
-    nnz = int(n_cells * n_genes * 0.1)  # ~10 % non-zero, as Perturb-seq
-    rows = rng.integers(0, n_cells, nnz)
-    cols = rng.integers(0, n_genes, nnz)
-    values = np.log1p(rng.gamma(1.0, 2.0, nnz)).astype(np.float32)
-    x = sp.csr_matrix((values, (rows, cols)), shape=(n_cells, n_genes))
-    x.sum_duplicates()
-    genes = [f"G{i}" for i in range(n_genes)]
-    labels = ["control"] * controls + [
-        genes[i] for i in range(n_perturbations) for _ in range(cells)
-    ]
-    obs = pd.DataFrame({"perturbation": labels}, index=[f"c{i}" for i in range(n_cells)])
-    return ad.AnnData(x, obs=obs, var=pd.DataFrame(index=genes))
+from _synthetic import synthetic_screen
 
 
 def measure(args) -> dict:
@@ -64,7 +44,7 @@ def measure(args) -> dict:
     import sccvae
 
     torch.set_num_threads(args.threads)
-    adata = _screen(args.one, args.genes, args.cells, args.controls)
+    adata = synthetic_screen(args.one, args.cells, args.controls, args.genes)
     sccvae.SCCVAE.setup_anndata(adata)
     start = time.perf_counter()
     model = sccvae.SCCVAE(adata, seed=0)
@@ -177,6 +157,7 @@ def main(argv=None) -> int:
         "latent_nodes",
         "cells_per_s",
         "step_s",
+        "step_compute_s",
         "after_training_s",
         "peak_rss_gib",
         "model_setup_s",

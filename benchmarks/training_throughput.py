@@ -26,34 +26,11 @@ import subprocess
 import sys
 import time
 
-import numpy as np
+from _synthetic import synthetic_screen
 
 N_GENES = 8563
 N_LATENT = 512
 N_HIDDEN = 1024
-
-
-def _synthetic_adata(n_perturbations: int, cells_per_perturbation: int, n_control: int, seed: int = 0):
-    import anndata as ad
-    import pandas as pd
-    import scipy.sparse as sp
-
-    rng = np.random.default_rng(seed)
-    n_cells = n_control + n_perturbations * cells_per_perturbation
-    # log-normalised-looking sparse data, ~10 % non-zero like Perturb-seq
-    density = 0.1
-    nnz = int(n_cells * N_GENES * density)
-    rows = rng.integers(0, n_cells, nnz)
-    cols = rng.integers(0, N_GENES, nnz)
-    vals = np.log1p(rng.gamma(1.0, 2.0, nnz)).astype(np.float32)
-    X = sp.csr_matrix((vals, (rows, cols)), shape=(n_cells, N_GENES))
-    X.sum_duplicates()
-    genes = [f"G{i}" for i in range(N_GENES)]
-    labels = ["control"] * n_control + [
-        genes[i] for i in range(n_perturbations) for _ in range(cells_per_perturbation)
-    ]
-    obs = pd.DataFrame({"perturbation": labels}, index=[f"c{i}" for i in range(n_cells)])
-    return ad.AnnData(X, obs=obs, var=pd.DataFrame(index=genes))
 
 
 def _peak_memory_mb(device: str) -> dict:
@@ -74,7 +51,7 @@ def run_sccvae(batch_size: int, device: str, n_batches: int) -> dict:
 
     cells_per_perturbation = batch_size * 2
     n_perturbations = max(1, n_batches // 2)
-    adata = _synthetic_adata(n_perturbations, cells_per_perturbation, n_control=2000)
+    adata = synthetic_screen(n_perturbations, cells_per_perturbation, 2000, N_GENES)
     sccvae.SCCVAE.setup_anndata(adata)
     model = sccvae.SCCVAE(
         adata, n_latent=N_LATENT, n_hidden=N_HIDDEN, n_layers=2, graph="full",
