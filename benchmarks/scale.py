@@ -9,8 +9,8 @@ its own): SCCVAE at its defaults (``n_latent=64`` plus one node per measured tar
 their paired control cells, and the time to load their batches; ``step_compute_s`` is the
 median step without the loading), then what ``train`` runs after the optimiser (calibration of
 the trained perturbations, the maps for unseen targets, the training reference: seconds),
-and the process's peak resident memory. A size that runs past ``--timeout`` keeps its
-training figures.
+and the process's peak resident memory (after training, and at the end). A size that runs
+past ``--timeout`` keeps its training figures.
 
 Usage::
 
@@ -84,6 +84,7 @@ def measure(args) -> dict:
             "cells_per_s": 2 * batch_size * n_steps / elapsed,
             "step_s": elapsed / n_steps,
             "step_compute_s": compute,
+            "peak_rss_gib_training": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
             "model_setup_s": setup_seconds,
         }
 
@@ -159,6 +160,7 @@ def main(argv=None) -> int:
         "step_s",
         "step_compute_s",
         "after_training_s",
+        "peak_rss_gib_training",
         "peak_rss_gib",
         "model_setup_s",
     ]
