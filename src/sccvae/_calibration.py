@@ -260,10 +260,10 @@ def _cell_changes(module, z: torch.Tensor, weights: torch.Tensor, residual: bool
     trained targets' residuals with ``residual``; predictions apply
     :meth:`~sccvae._module.SCCVAEModule.saturate` to it.
     """
-    control = module._standardized_prediction(module.decode(module.scm(z)))
+    control = module.standardized_prediction(module.decode(module.scm(z)))
     shifts = module.shift(weights)
     for row, shift in zip(weights, shifts, strict=True):
-        change = module._standardized_prediction(module.decode(module.scm(z, shift.expand_as(z))))
+        change = module.standardized_prediction(module.decode(module.scm(z, shift.expand_as(z))))
         change = change - control
         if residual:
             change = change + row @ module.target_residual
@@ -315,7 +315,7 @@ def _fit_latent_corrections(
     processed in chunks so that memory stays at ``chunk x cells x genes``.
     """
     with torch.no_grad():
-        control = module._standardized_prediction(module.decode(module.scm(z)))
+        control = module.standardized_prediction(module.decode(module.scm(z)))
         shifts = module.shift(weights)
     delta = torch.zeros(weights.shape[1], module.n_latent, device=z.device, requires_grad=True)
     optimizer = torch.optim.Adam([delta], lr=lr)
@@ -331,7 +331,7 @@ def _fit_latent_corrections(
                 shift = shifts[rows] + weights[rows] @ delta  # chunk x nodes
                 u = module.scm(z[None] + shift[:, None, :])
                 decoded = module.decode(u.reshape(-1, module.n_latent))
-                decoded = module._standardized_prediction(decoded)
+                decoded = module.standardized_prediction(decoded)
                 drive = decoded.reshape(shift.shape[0], z.shape[0], -1) - control
                 change = module.saturate(drive, module.gene_scale).mean(dim=1)
                 loss = ((change - observed[rows]) ** 2).mean(dim=1).sum() / n_labels

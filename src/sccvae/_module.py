@@ -11,10 +11,9 @@ import torch.nn.functional as F
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from scvi.nn import Encoder, FCLayers
 from torch import nn
-from torch.distributions import Normal, kl_divergence
 
 from ._constants import REGISTRY_KEYS
-from ._losses import NB_SCALE_FACTOR, expected_counts, mmd_rbf, negative_binomial_nll
+from ._losses import NB_SCALE_FACTOR, expected_counts, negative_binomial_nll, sccvae_loss
 from ._scm import LatentSCM
 
 logger = logging.getLogger(__name__)
@@ -362,7 +361,7 @@ class SCCVAEModule(BaseModuleClass):
         return (self.log_expression(x) - self.gene_center) / self.gene_scale
 
     # ----------------------------------------------------------------- scvi interface
-    def _split_batch(self, tensors: dict[str, torch.Tensor]):
+    def split_batch(self, tensors: dict[str, torch.Tensor]):
         x = tensors[REGISTRY_KEYS.X_KEY]
         labels = tensors[REGISTRY_KEYS.PERTURBATION_KEY].long().view(-1)
         is_control = self.label_is_control[labels]
@@ -373,11 +372,11 @@ class SCCVAEModule(BaseModuleClass):
         return control_x, perturbed_x[:n_pairs], perturbed_labels[:n_pairs]
 
     def _get_inference_input(self, tensors: dict[str, torch.Tensor], **kwargs) -> dict:
-        control_x, _, _ = self._split_batch(tensors)
+        control_x, _, _ = self.split_batch(tensors)
         return {"x": control_x}
 
     def _get_generative_input(self, tensors, inference_outputs, **kwargs) -> dict:
-        control_x, perturbed_x, perturbed_labels = self._split_batch(tensors)
+        control_x, perturbed_x, perturbed_labels = self.split_batch(tensors)
         # only the targets of the batch's labels are described (their rows gathered): a
         # step's cost must not grow with the number of training targets
         switched = self.label_targets[perturbed_labels]
@@ -513,71 +512,18 @@ class SCCVAEModule(BaseModuleClass):
         generative_outputs: dict,
         kl_weight: float = 1.0,
     ) -> LossOutput:
-        """Compute the paper's loss, plus the batch-mean and node terms.
+        """Compute the paper's loss with the batch-mean and node terms (``sccvae_loss``)."""
+        return sccvae_loss(self, tensors, inference_outputs, generative_outputs, kl_weight)
 
-        ``MSE + alpha * MMD + beta * KL + lambda * control reconstruction`` (MSE between
-        unpaired predicted and observed perturbed cells; NB NLL for counts), ``+ mean_weight *
-        MSE(mean predicted, mean observed)`` and, with gene nodes, ``+ node_weight *
-        MSE(node values, node genes)`` of the control cells. Squared errors are on the
-        standardised scale.
-        """
-        control_x, perturbed_x, _ = self._split_batch(tensors)
-        n_pairs = perturbed_x.shape[0]
-        prediction = generative_outputs["prediction"]
-        control_prediction = generative_outputs["control_prediction"]
-        qz = inference_outputs["qz"]
-
-        kl_per_cell = kl_divergence(
-            qz, Normal(torch.zeros_like(qz.loc), torch.ones_like(qz.scale))
-        ).mean(-1)
-        control_rec = self._reconstruction(control_prediction, control_x)
-        node_rec = torch.zeros_like(control_rec)
-        if self.gene_nodes:
-            observed_nodes = self.standardize(control_x)[:, self.node_genes]
-            node_rec = F.mse_loss(
-                generative_outputs["u_control"], observed_nodes, reduction="none"
-            ).mean(dim=1)
-        perturbed_rec = torch.zeros_like(control_rec)
-        zero = torch.zeros((), device=control_x.device)
-        mmd, mean_error = zero, zero
-        if n_pairs > 0:
-            perturbed_rec[:n_pairs] = self._reconstruction(prediction[:n_pairs], perturbed_x)
-            predicted = self._standardized_prediction(prediction[:n_pairs])
-            observed = self.standardize(perturbed_x)
-            mean_error = F.mse_loss(predicted.mean(dim=0), observed.mean(dim=0))
-            if n_pairs > 1 and self.mmd_weight > 0:
-                mmd = mmd_rbf(predicted, observed)
-        perturbed_term = perturbed_rec[:n_pairs].mean() if n_pairs > 0 else zero
-        total = (
-            perturbed_term
-            + self.mmd_weight * mmd
-            + self.mean_weight * mean_error
-            + kl_weight * kl_per_cell.mean()
-            + self.control_reconstruction_weight * control_rec.mean()
-            + self.node_weight * node_rec.mean()
-        )
-        return LossOutput(
-            loss=total,
-            reconstruction_loss=perturbed_rec + self.control_reconstruction_weight * control_rec,
-            kl_local=kl_per_cell,
-            extra_metrics={
-                "perturbed_reconstruction": perturbed_term.detach(),
-                "mmd": mmd.detach(),
-                "mean_error": mean_error.detach(),
-                "kl": kl_per_cell.mean().detach(),
-                "control_reconstruction": control_rec.mean().detach(),
-                "node_reconstruction": node_rec.mean().detach(),
-            },
-        )
-
-    def _standardized_prediction(self, decoded: torch.Tensor) -> torch.Tensor:
+    def standardized_prediction(self, decoded: torch.Tensor) -> torch.Tensor:
+        """Put decoded expression on the genes' standardised scale (the loss's scale)."""
         return (decoded - self.gene_center) / self.gene_scale
 
-    def _reconstruction(self, decoded: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
-        """Per-cell reconstruction error, averaged over genes."""
+    def reconstruction_error(self, decoded: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
+        """Per-cell reconstruction error, averaged over genes (MSE standardised, or NB NLL)."""
         if self.likelihood == "gaussian":
             return F.mse_loss(
-                self._standardized_prediction(decoded),
+                self.standardized_prediction(decoded),
                 self.standardize(observed),
                 reduction="none",
             ).mean(dim=1)

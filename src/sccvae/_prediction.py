@@ -316,11 +316,11 @@ class PredictionMixin:
         control, _ = self._control_expression(self.adata)
         rows = np.arange(control.shape[0])
         z, cells = reference_cells(module, control, rows, n_cells, self.seed_)
-        reference = module._standardized_prediction(module.decode(module.scm(z)))
+        reference = module.standardized_prediction(module.decode(module.scm(z)))
         residuals = []
         for shift, target in zip(shifts, wanted, strict=True):
             shifted = module.decode(module.scm(z, shift.expand_as(z)))
-            drive = module._standardized_prediction(shifted) - reference
+            drive = module.standardized_prediction(shifted) - reference
             residuals.append(fitted_gap(module, cells, drive, target))
         return torch.stack(residuals)
 
