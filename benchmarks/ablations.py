@@ -57,23 +57,24 @@ def main(argv=None) -> int:
     parser.add_argument("--scenario", default="default")
     parser.add_argument("--seed", type=int, default=1, help="seed of the validation screen")
     parser.add_argument("--folds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS) + [f"rule_{r}" for r in RULES])
-    parser.add_argument("--baselines", nargs="+", default=["mean", "linear", "coexpression", "knn"])
+    variants = list(VARIANTS) + [f"rule_{r}" for r in RULES]
+    parser.add_argument("--variants", nargs="+", default=variants)
+    baselines = ["mean", "linear", "coexpression", "knn"]
+    parser.add_argument("--baselines", nargs="+", default=baselines)
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     import torch
 
-    from sccvae.benchmark import REGISTRY, run_benchmark
-    from sccvae.benchmark._methods import _sccvae_variant
+    from sccvae.benchmark import register_method, run_benchmark, sccvae_variant
 
     torch.set_num_threads(1)
     names = []
     for variant in args.variants:
         name = f"sccvae[{variant}]"
         if variant.startswith("rule_"):
-            REGISTRY[name] = _sccvae_variant(variant, unseen_magnitude=variant[5:])
+            register_method(name, sccvae_variant(variant, unseen_magnitude=variant[5:]))
         else:
-            REGISTRY[name] = _sccvae_variant(variant, **VARIANTS[variant])
+            register_method(name, sccvae_variant(variant, **VARIANTS[variant]))
         names.append(name)
     start = time.perf_counter()
     result = run_benchmark(

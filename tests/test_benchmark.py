@@ -455,7 +455,7 @@ def test_methods_added_to_the_registry_are_accepted(monkeypatch):
     """A variant registered at run time (as benchmarks/ablations.py does) can be run by name."""
     from sccvae.benchmark import _methods
 
-    variant = _methods._sccvae_variant("SCCVAE with 8 hidden units", n_hidden=8)
+    variant = _methods.sccvae_variant("SCCVAE with 8 hidden units", n_hidden=8)
     monkeypatch.setitem(_methods.REGISTRY, "sccvae[tiny]", variant)
     assert _methods.parse_methods("sccvae[tiny],mean", "unseen") == ["sccvae[tiny]", "mean"]
     assert variant.model_kwargs == {"n_hidden": 8} and variant.train_kwargs == {}
@@ -463,6 +463,29 @@ def test_methods_added_to_the_registry_are_accepted(monkeypatch):
     assert uncalibrated.is_sccvae and uncalibrated.train_kwargs == {"calibrate": False}
     with pytest.raises(sccvae.benchmark.BenchmarkInputError, match="Unknown method"):
         _methods.parse_methods("sccvae[nope]", "unseen")
+
+
+def test_register_method_keeps_the_descriptions_in_step_and_protects_shipped_names(
+    monkeypatch,
+):
+    from sccvae.benchmark import METHODS, REGISTRY, register_method, sccvae_variant
+
+    monkeypatch.setattr(sccvae.benchmark._methods, "REGISTRY", dict(REGISTRY))
+    monkeypatch.setattr(sccvae.benchmark._methods, "METHODS", dict(METHODS))
+    stronger_kl = {"plan_kwargs": {"max_kl_weight": 1}}
+    variant = sccvae_variant("SCCVAE, stronger KL", train_kwargs=stronger_kl)
+    register_method("sccvae[kl]", variant)
+    from sccvae.benchmark import _methods
+
+    assert _methods.REGISTRY["sccvae[kl]"] is variant
+    assert _methods.METHODS["sccvae[kl]"] == "SCCVAE, stronger KL"
+    assert _methods.parse_methods("sccvae[kl]", "unseen") == ["sccvae[kl]"]
+    with pytest.raises(ValueError, match="already registered"):
+        register_method("sccvae", variant)
+    with pytest.raises(TypeError, match="must be a Method"):
+        register_method("sccvae[bad]", {"n_hidden": 8})
+    register_method("sccvae[kl]", sccvae_variant("again"), replace=True)
+    assert _methods.METHODS["sccvae[kl]"] == "again"
 
 
 def _hand_built(values: dict[str, dict[str, list[float]]]) -> BenchmarkResult:

@@ -24,7 +24,8 @@ run, step by step), ``_settings`` (argument checks, the run's settings, its conf
 ``_plan`` (expression, working copy, design and folds), ``_fold`` (fitting and scoring the
 folds), ``_summary`` (pooling and summarising the scores), ``_report`` (tables, verdicts,
 markdown and plots) and ``_progress`` (progress bars and threads).
-Methods: :data:`METHODS`.
+Methods: :data:`METHODS`; variants of SCCVAE: :func:`sccvae_variant` and
+:func:`register_method`.
 """
 
 from sccvae._lazy import lazy_attributes
@@ -42,6 +43,8 @@ _LAZY = {
     "REGISTRY": "._methods",
     "Method": "._methods",
     "default_methods": "._methods",
+    "register_method": "._methods",
+    "sccvae_variant": "._methods",
     "PLOT_METRICS": "._report",
     "VERDICT_METRICS": "._report",
     "command_line": "._report",

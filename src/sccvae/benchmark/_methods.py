@@ -253,7 +253,13 @@ def _knn(settings: RunSettings):
     return KnnBaseline(seed=settings.seed, embedding=embedding)
 
 
-def _sccvae_variant(description: str, train_kwargs=None, **model_kwargs) -> Method:
+def sccvae_variant(description: str, train_kwargs=None, **model_kwargs) -> Method:
+    """Describe SCCVAE with other arguments, as a benchmark method.
+
+    ``model_kwargs`` go to the model, ``train_kwargs`` to :meth:`~sccvae.SCCVAE.train` (e.g.
+    ``{"plan_kwargs": {"max_kl_weight": 1.0}}``). Register it under a name with
+    :func:`register_method` to run it in a benchmark.
+    """
     return Method(
         description,
         _fit_sccvae,
@@ -265,16 +271,16 @@ def _sccvae_variant(description: str, train_kwargs=None, **model_kwargs) -> Meth
 
 #: Every method of the benchmark, by name.
 REGISTRY: dict[str, Method] = {
-    "sccvae": _sccvae_variant("SCCVAE, latent nodes anchored to genes, full latent graph"),
-    "sccvae_nograph": _sccvae_variant(
+    "sccvae": sccvae_variant("SCCVAE, latent nodes anchored to genes, full latent graph"),
+    "sccvae_nograph": sccvae_variant(
         "SCCVAE ablation, graph='none' (shifts are not propagated between nodes)", graph="none"
     ),
-    "sccvae_abstract": _sccvae_variant(
+    "sccvae_abstract": sccvae_variant(
         "SCCVAE ablation, latent_nodes='abstract': the paper's abstract nodes and softmax "
         "intervention",
         latent_nodes="abstract",
     ),
-    "sccvae_uncalibrated": _sccvae_variant(
+    "sccvae_uncalibrated": sccvae_variant(
         "SCCVAE ablation, train(calibrate=False): no per-target residual after training",
         train_kwargs={"calibrate": False},
     ),
@@ -316,8 +322,25 @@ REGISTRY: dict[str, Method] = {
     ),
 }
 
-#: Method name -> description.
+#: Method name -> description (kept in step with :data:`REGISTRY` by :func:`register_method`).
 METHODS: dict[str, str] = {name: method.description for name, method in REGISTRY.items()}
+
+
+def register_method(name: str, method: Method, replace: bool = False) -> None:
+    """Make ``method`` runnable by ``name`` (``run_benchmark(methods=[name])``, ``--methods``).
+
+    A name already registered is an error unless ``replace``: a variant never silently
+    takes the place of a shipped method.
+    """
+    if not isinstance(method, Method):
+        raise TypeError(f"method must be a Method (e.g. sccvae_variant(...)), not {method!r}.")
+    if name in REGISTRY and not replace:
+        raise ValueError(
+            f"A method named {name!r} is already registered; choose another name or pass "
+            "replace=True."
+        )
+    REGISTRY[name] = method
+    METHODS[name] = method.description
 
 #: Methods run when none are named, per split design.
 #: Ablations (``sccvae_nograph``, ``sccvae_abstract``) are run by name; the default run fits in
