@@ -164,8 +164,11 @@ def test_training_again_clears_the_calibration():
     model.train(max_epochs=2, enable_progress_bar=False)
     module = model.module
     assert module.target_residual.abs().sum() > 0 and module.target_correction.abs().sum() > 0
-    SCCVAETrainingPlan(module)  # what `train` builds first
+    SCCVAETrainingPlan(module)  # the plan only optimises: it leaves the calibration alone
+    assert module.target_residual.abs().sum() > 0
+    model.train(max_epochs=1, calibrate=False, enable_progress_bar=False)
     assert module.target_residual.abs().sum() == 0 and module.target_correction.abs().sum() == 0
+    assert module.decrease_bound.item() == np.inf
     with pytest.raises(ValueError, match="max_epochs"):
         model.train(max_epochs=0)
 

@@ -497,7 +497,9 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
         if max_epochs is None:
             max_epochs = default_epochs(data_splitter.batches_per_epoch())
         plan_kwargs.setdefault("n_epochs_kl_warmup", max_epochs)
-        training_plan = self._training_plan_cls(self.module, **plan_kwargs)  # clears the bound
+        # training perturbations must not bypass the structure while it learns
+        self.module.clear_calibration()
+        training_plan = self._training_plan_cls(self.module, **plan_kwargs)
         if calibrate:  # trained through the bound, the structure learns unsaturated changes
             bound = estimate_decrease_bound(self, data_splitter.train_idx)
             self.module.decrease_bound.fill_(bound)

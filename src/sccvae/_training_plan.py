@@ -35,8 +35,8 @@ class SCCVAETrainingPlan(TrainingPlan):
     weight rises linearly from 0 over ``n_epochs_kl_warmup`` epochs (the model sets it to
     the number of epochs it trains for). Each loss term is logged per epoch as ``{term}_train`` /
     ``{term}_validation`` with ``sync_dist`` so the logs are correct under DDP, plus
-    ``model_selection_validation = mmd + kl``. A calibration from an earlier ``train`` is
-    cleared: training perturbations must not bypass the structure while it learns.
+    ``model_selection_validation = mmd + kl``. The plan only optimises: clearing an earlier
+    calibration is :meth:`SCCVAE.train <sccvae.SCCVAE.train>`'s first step.
     """
 
     def __init__(
@@ -48,7 +48,6 @@ class SCCVAETrainingPlan(TrainingPlan):
         **kwargs,
     ):
         super().__init__(module, lr=lr, n_epochs_kl_warmup=n_epochs_kl_warmup, **kwargs)
-        module.clear_calibration()
 
     def on_train_start(self) -> None:
         """Flush denormal floats to zero while training (restored afterwards).
