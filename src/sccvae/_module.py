@@ -12,13 +12,17 @@ from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from scvi.nn import Encoder, FCLayers
 from torch import nn
 
-from ._constants import REGISTRY_KEYS
+from ._constants import MODEL_DEFAULTS, REGISTRY_KEYS
 from ._losses import NB_SCALE_FACTOR, expected_counts, negative_binomial_nll, sccvae_loss
 from ._scm import LatentSCM
 
 logger = logging.getLogger(__name__)
 
 Likelihood = Literal["gaussian", "nb"]
+
+#: The module's defaults are the model's for abstract nodes (one declaration, in
+#: ``_constants.py``); :class:`~sccvae.SCCVAE` passes every value, gene nodes' included.
+_ABSTRACT = MODEL_DEFAULTS["abstract"]
 
 
 
@@ -68,7 +72,8 @@ class SCCVAEModule(BaseModuleClass):
     initial_magnitude
         Initial ``c_t`` of every training target (a number or one per target).
     n_hidden, n_layers
-        Width and depth of encoder and decoder.
+        Width and depth of encoder and decoder. This and the loss weights below default to
+        the model's settings for abstract nodes (``MODEL_DEFAULTS["abstract"]``).
     n_hidden_perturbation
         Width of the hidden layer of the perturbation encoder.
     dropout_rate
@@ -108,19 +113,19 @@ class SCCVAEModule(BaseModuleClass):
         gene_center: np.ndarray | None = None,
         gene_scale: np.ndarray | None = None,
         initial_magnitude: float | np.ndarray = 3.0,
-        n_hidden: int = 256,
-        n_layers: int = 2,
+        n_hidden: int = _ABSTRACT["n_hidden"],
+        n_layers: int = _ABSTRACT["n_layers"],
         n_hidden_perturbation: int = 128,
         dropout_rate: float = 0.0,
         likelihood: Likelihood = "gaussian",
-        mmd_weight: float = 10.0,
-        control_reconstruction_weight: float = 0.25,
-        node_weight: float = 10.0,
-        mean_weight: float = 10.0,
+        mmd_weight: float = _ABSTRACT["mmd_weight"],
+        control_reconstruction_weight: float = _ABSTRACT["control_reconstruction_weight"],
+        node_weight: float = 1.0,
+        mean_weight: float = _ABSTRACT["mean_weight"],
         target_temperature: float = 0.2,
         linear_decoder: bool = False,
         shared_response: bool = True,
-        perturbation_encoder: Literal["softmax", "direction"] = "softmax",
+        perturbation_encoder: Literal["softmax", "direction"] = _ABSTRACT["perturbation_encoder"],
         expression_floor: float | None = None,
         seed: int = 0,
     ):
