@@ -43,7 +43,7 @@ import logging
 import numpy as np
 import torch
 
-from ._inputs import dense
+from ._inputs import dense, registered_expression
 from ._module import saturate
 from ._observed import observed_changes
 
@@ -97,7 +97,7 @@ def calibrate_training_targets(
     labels, observed, control_rows = observed_changes(model, train_idx)
     if labels.size == 0:
         return {}
-    expression = model._expression(model.adata)
+    expression = registered_expression(model.adata_manager, model.adata)
     device = model.device
 
     was_training = module.training

@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import scipy.sparse as sp
 
+from ._constants import REGISTRY_KEYS
 from ._perturbations import check_control_label, parse_perturbation, perturbation_labels
 
 #: Rows read at a time from a (possibly backed or sparse) matrix.
@@ -201,3 +202,16 @@ def check_model_genes(adata, genes) -> None:
             f"The AnnData's genes ({adata.n_vars}) differ from the model's ({len(expected)}): "
             "subset it to the model's genes in their order (adata[:, model.adata.var_names])."
         )
+
+
+def registered_expression(adata_manager, adata):
+    """Return the expression matrix registered at setup (``X`` or its layer) of ``adata``."""
+    layer = adata_manager.registry["setup_args"]["layer"]
+    if layer is not None and layer not in adata.layers:
+        raise KeyError(f"Layer {layer!r}, used at setup, is missing from the AnnData given.")
+    return adata.X if layer is None else adata.layers[layer]
+
+
+def registered_label_codes(adata_manager) -> np.ndarray:
+    """Return each cell's perturbation label as its registered integer code."""
+    return adata_manager.get_from_registry(REGISTRY_KEYS.PERTURBATION_KEY).ravel().astype(int)

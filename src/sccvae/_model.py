@@ -21,7 +21,14 @@ from ._calibration import calibrate_training_targets, estimate_decrease_bound
 from ._constants import MODEL_DEFAULTS, REGISTRY_KEYS, TRAIN_DEFAULTS
 from ._dataloading import PerturbationDataSplitter
 from ._embedding import build_embedding
-from ._inputs import check_expression, check_loadable_genes, check_setup, log_normalize
+from ._inputs import (
+    check_expression,
+    check_loadable_genes,
+    check_setup,
+    log_normalize,
+    registered_expression,
+    registered_label_codes,
+)
 from ._interpretation import InterpretationMixin
 from ._interventions import UNSEEN_MAGNITUDE_RULES, fit_unseen_maps
 from ._module import SCCVAEModule
@@ -266,11 +273,7 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
         if init_magnitude is not None:
             magnitude = np.full(len(self.targets_), float(init_magnitude), dtype=np.float32)
         else:
-            codes = (
-                self.adata_manager.get_from_registry(REGISTRY_KEYS.PERTURBATION_KEY)
-                .ravel()
-                .astype(int)
-            )
+            codes = registered_label_codes(self.adata_manager)
             magnitude = observed_own_changes(
                 expression, codes, parsed, self.targets_, target_nodes, self.var_names_,
                 center, scale, counts=likelihood == "nb",
@@ -472,11 +475,7 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
         plan_kwargs = dict(plan_kwargs or {})
         plan_kwargs.setdefault("lr", defaults["lr"])
         plan_kwargs.setdefault("max_kl_weight", defaults["max_kl_weight"])
-        codes = (
-            self.adata_manager.get_from_registry(REGISTRY_KEYS.PERTURBATION_KEY)
-            .ravel()
-            .astype(int)
-        )
+        codes = registered_label_codes(self.adata_manager)
         is_control = self.module.label_is_control.cpu().numpy()[codes]
         external = None
         if train_indices is not None:
@@ -585,10 +584,7 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
         return "adata.X" if layer is None else f"adata.layers[{layer!r}]"
 
     def _expression(self, adata: ad.AnnData):
-        layer = self.adata_manager.registry["setup_args"]["layer"]
-        if layer is not None and layer not in adata.layers:
-            raise KeyError(f"Layer {layer!r}, used at setup, is missing from the AnnData given.")
-        return adata.X if layer is None else adata.layers[layer]
+        return registered_expression(self.adata_manager, adata)
 
 
 def _count(n: int, noun: str) -> str:

@@ -13,8 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ._constants import REGISTRY_KEYS
-from ._inputs import CHUNK, dense
+from ._inputs import CHUNK, dense, registered_expression, registered_label_codes
 
 
 @torch.no_grad()
@@ -39,11 +38,7 @@ def observed_changes(model, train_idx: np.ndarray, significance: bool = False):
     """
     module = model.module
     train_idx = np.asarray(train_idx)
-    codes = (
-        model.adata_manager.get_from_registry(REGISTRY_KEYS.PERTURBATION_KEY)
-        .ravel()
-        .astype(int)[train_idx]
-    )
+    codes = registered_label_codes(model.adata_manager)[train_idx]
     is_control = module.label_is_control.cpu().numpy()
     labels = np.array([c for c in np.unique(codes) if not is_control[c]], dtype=int)
     control_rows = train_idx[is_control[codes]]
@@ -58,7 +53,7 @@ def observed_changes(model, train_idx: np.ndarray, significance: bool = False):
     n_groups = labels.size + 1
     total = torch.zeros(n_groups, module.n_input, device=device, dtype=torch.float64)
     squares = torch.zeros_like(total)
-    expression = model._expression(model.adata)
+    expression = registered_expression(model.adata_manager, model.adata)
     for start in range(0, rows.size, CHUNK):
         block = dense(expression[rows[start : start + CHUNK]])
         x = module.standardize(torch.as_tensor(block, dtype=torch.float32, device=device))

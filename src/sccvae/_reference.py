@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ._constants import REGISTRY_KEYS
-from ._inputs import CHUNK, dense
+from ._inputs import CHUNK, dense, registered_expression, registered_label_codes
 from ._perturbations import perturbation_labels
 
 #: Root mean square over genes of the difference between two control means, in control
@@ -52,7 +52,7 @@ RANGE_LEEWAY = 0.1
 
 def _log_rows(model, adata, rows: np.ndarray):
     """Yield the log-normalised expression of ``rows`` of ``adata``, a chunk at a time."""
-    expression = model._expression(adata)
+    expression = registered_expression(model.adata_manager, adata)
     module = model.module
     for start in range(0, rows.size, CHUNK):
         block = dense(expression[rows[start : start + CHUNK]])
@@ -78,8 +78,8 @@ def training_reference(model, train_idx: Sequence[int]) -> dict:
     ``largest_change_label``, and ``n_control`` (training control cells).
     """
     rows = np.sort(np.asarray(train_idx, dtype=np.int64))
-    codes = model.adata_manager.get_from_registry(REGISTRY_KEYS.PERTURBATION_KEY).ravel()
-    is_control = model.module.label_is_control.cpu().numpy()[codes.astype(int)]
+    codes = registered_label_codes(model.adata_manager)
+    is_control = model.module.label_is_control.cpu().numpy()[codes]
     n_genes = model.module.n_input
     low, high = np.full(n_genes, np.inf), np.full(n_genes, -np.inf)
     control_sum, n_control = np.zeros(n_genes), 0
