@@ -23,6 +23,7 @@ import scipy.sparse as sp
 import torch
 
 from ._constants import REGISTRY_KEYS
+from ._inputs import dense
 from ._interventions import build_intervention
 from ._perturbations import canonical_label, perturbation_labels
 
@@ -447,7 +448,7 @@ def _group_means(x, codes: np.ndarray, n_groups: int) -> np.ndarray:
             (np.ones(len(rows)), (rows, np.arange(len(rows)))), shape=(n_groups, len(rows))
         )
         part = indicator @ block
-        sums += part.toarray() if sp.issparse(part) else np.asarray(part)
+        sums += dense(part)
     return sums / np.bincount(codes, minlength=n_groups)[:, None]
 
 

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
+
+from ._inputs import dense
 
 if TYPE_CHECKING:
     import anndata as ad
@@ -67,10 +68,6 @@ def _finish(ax: Axes, show: bool | None, save: str | Path | bool | None, name: s
     return ax
 
 
-def _dense(matrix) -> np.ndarray:
-    return matrix.toarray() if sp.issparse(matrix) else np.asarray(matrix)
-
-
 def _matrix(adata: ad.AnnData, layer: str | None):
     return adata.X if layer is None else adata.layers[layer]
 
@@ -78,7 +75,7 @@ def _matrix(adata: ad.AnnData, layer: str | None):
 def _mean_of_rows(adata: ad.AnnData, rows: np.ndarray, layer: str | None) -> np.ndarray:
     if not np.any(rows):
         raise ValueError("No rows selected to average.")
-    return np.asarray(_dense(_matrix(adata, layer)[np.flatnonzero(rows)]).mean(axis=0)).ravel()
+    return np.asarray(dense(_matrix(adata, layer)[np.flatnonzero(rows)]).mean(axis=0)).ravel()
 
 
 def _label_points(
@@ -260,7 +257,7 @@ def dose_response(
     if errorbar not in (None, "sd", "sem"):
         raise ValueError(f"errorbar must be 'sd', 'sem' or None, got {errorbar!r}.")
     columns = knockdown.var_names.get_indexer(genes)
-    values = _dense(_matrix(knockdown, layer)[:, columns])
+    values = dense(_matrix(knockdown, layer)[:, columns])
     penetrance = knockdown.obs[penetrance_key].to_numpy(float)
     if perturbation_key is not None and perturbation_key in knockdown.obs:
         groups = knockdown.obs[perturbation_key].astype(str).to_numpy()

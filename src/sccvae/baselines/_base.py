@@ -11,7 +11,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from sccvae._inputs import expression_floor
+from sccvae._inputs import dense, expression_floor
 from sccvae._perturbations import (
     PerturbationDesign,
     canonical_label,
@@ -283,7 +283,7 @@ class _Baseline:
             for i in range(len(labels)):
                 rows = rng.choice(pool.shape[0], size=n_cells, replace=n_cells > pool.shape[0])
                 cells = pool[rows]
-                cells = cells.toarray() if sp.issparse(cells) else np.asarray(cells)
+                cells = dense(cells)
                 shifted = cells.astype(np.float64) + deltas[i]
                 if floor is not None:
                     shifted = np.maximum(shifted, floor)

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
+
+from sccvae._inputs import dense
 
 from ._base import _Baseline, validation_score
 
@@ -207,7 +208,7 @@ class MultiregBaseline(MeanTargetBaseline):
         columns = [self._column[g] for g in genes]
         controls = self.control_cells_
         block = controls[:, columns]
-        block = block.toarray() if sp.issparse(block) else np.asarray(block)
+        block = dense(block)
         centred = block.astype(np.float64) - self._control_center[columns]
         # the columns of `centred` sum to zero, so the genes need no centring
         return np.asarray(controls.T @ centred) / (controls.shape[0] - 1)

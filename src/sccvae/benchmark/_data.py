@@ -13,6 +13,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from sccvae._inputs import dense
 from sccvae._perturbations import PerturbationDesign, perturbation_labels
 from sccvae.splits import (
     Split,
@@ -187,7 +188,7 @@ def load_embedding(path: str | os.PathLike) -> pd.DataFrame:
         import anndata as ad
 
         table = ad.read_h5ad(path)
-        x = table.X.toarray() if sp.issparse(table.X) else np.asarray(table.X)
+        x = dense(table.X)
         frame = pd.DataFrame(x, index=table.obs_names, columns=table.var_names)
     else:
         raise BenchmarkInputError(

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 from anndata import AnnData
 
+from sccvae._inputs import dense
 from sccvae._perturbations import PerturbationDesign, perturbation_labels
 from sccvae.metrics import METRICS, evaluate, fit_pca, mean_of_perturbation_means
 from sccvae.splits import Split
@@ -136,7 +136,7 @@ def _mean_delta(
 
     ``design`` is the perturbation design of ``pred``'s cells.
     """
-    x = pred.X.toarray() if sp.issparse(pred.X) else np.asarray(pred.X)
+    x = dense(pred.X)
     frame = pd.DataFrame(x.astype(np.float64), columns=[str(g) for g in pred.var_names])
     means = frame.groupby(np.asarray(design.canonical_labels), sort=True).mean()
     return means - control_mean

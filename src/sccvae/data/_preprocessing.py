@@ -21,6 +21,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from sccvae._inputs import dense
 from sccvae._perturbations import (
     check_control_label,
     parse_perturbation,
@@ -353,7 +354,7 @@ def filter_strong_perturbations(
             )
         )
         fit = matrix[fit_idx]
-        fit = fit.toarray() if sp.issparse(fit) else np.asarray(fit)
+        fit = dense(fit)
         fit = fit.astype(np.float32, copy=False)
         n_comp = int(min(n_pcs, fit.shape[0] - 1, fit.shape[1]))
         solver = "randomized" if n_comp < 0.8 * min(fit.shape) else "full"

@@ -6,9 +6,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 from anndata import AnnData
 from scipy.spatial.distance import cdist
+
+from sccvae._inputs import dense
 
 from ._core import _MMD_MULTIPLIERS, _matrix
 
@@ -110,13 +111,12 @@ def _fit_pca_matrix(
     rng = np.random.default_rng(seed)
     if n > max_cells:
         x = x[np.sort(rng.choice(n, size=max_cells, replace=False))]
-    dense = x.toarray() if sp.issparse(x) else np.asarray(x)
-    dense = dense.astype(np.float64)
-    mean = dense.mean(axis=0)
-    k = int(min(n_components, min(dense.shape) - 1))
+    cells = dense(x).astype(np.float64)
+    mean = cells.mean(axis=0)
+    k = int(min(n_components, min(cells.shape) - 1))
     if k < 1:
-        raise ValueError(f"Too few cells ({dense.shape[0]}) or genes to fit a PCA.")
-    centred = dense - mean
+        raise ValueError(f"Too few cells ({cells.shape[0]}) or genes to fit a PCA.")
+    centred = cells - mean
     if min(centred.shape) <= 2000:
         _, _, vt = np.linalg.svd(centred, full_matrices=False)
         vt = vt[:k]
@@ -147,6 +147,4 @@ def _pca_parts(pca: Any, n_genes: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _project(x, rows: np.ndarray, mean: np.ndarray, comps: np.ndarray) -> np.ndarray:
-    block = x[rows]
-    block = block.toarray() if sp.issparse(block) else np.asarray(block)
-    return (block.astype(np.float64) - mean) @ comps.T
+    return (dense(x[rows]).astype(np.float64) - mean) @ comps.T

@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 from anndata import AnnData
 from scipy.spatial.distance import cdist
 
+from sccvae._inputs import dense
 from sccvae._perturbations import PerturbationDesign, design_of, perturbation_labels
 
 from ._core import (
@@ -256,7 +256,7 @@ def evaluate(
     pred_rows = [np.flatnonzero(pred_codes == i) for i in range(n_p)]
     cache = {} if cache is None else cache
     if de_metrics and "de_reference" not in cache:
-        cache["de_reference"] = ReferenceCells(_dense(x_ctrl))
+        cache["de_reference"] = ReferenceCells(dense(x_ctrl))
 
     rows = []
     for i, p in enumerate(perts):
@@ -308,9 +308,9 @@ def evaluate(
             reference = cache["de_reference"]
             key = ("de_observed", p, de_fdr)
             if key not in cache:
-                cache[key] = reference.de_genes(_dense(x_obs[obs_rows[i]]), de_fdr)
+                cache[key] = reference.de_genes(dense(x_obs[obs_rows[i]]), de_fdr)
             observed_de = cache[key]
-            predicted_de = reference.de_genes(_dense(x_pred[pred_rows[i]]), de_fdr)
+            predicted_de = reference.de_genes(dense(x_pred[pred_rows[i]]), de_fdr)
             row["de_overlap"] = de_overlap(observed_de, predicted_de)
             row["n_de_observed"] = int(observed_de.size)
         if distribution_metrics:
@@ -328,10 +328,6 @@ def evaluate(
     table = pd.DataFrame(rows, index=pd.Index(perts, name="perturbation"))
     logger.info("Evaluated %d perturbations on %d genes", n_p, n_genes)
     return table
-
-
-def _dense(x) -> np.ndarray:
-    return x.toarray() if sp.issparse(x) else np.asarray(x)
 
 
 def _control_cells(control: AnnData, genes: pd.Index, key: str, control_label: str):
