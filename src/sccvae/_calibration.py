@@ -143,9 +143,8 @@ def reference_cells(
     sample = np.sort(rng.choice(control_rows, size=size, replace=False))
     device = module.gene_center.device
     x = torch.as_tensor(dense(expression[sample]), dtype=torch.float32, device=device)
-    qz = module.inference(x)["qz"]
-    noise = torch.randn(qz.loc.shape, generator=torch.Generator().manual_seed(seed))
-    return qz.loc + qz.scale * noise.to(device), module.standardize(x)
+    z = module.posterior_draw(x, torch.Generator().manual_seed(seed))
+    return z, module.standardize(x)
 
 
 def estimate_decrease_bound(model, train_idx: np.ndarray, factor: float = 1.1) -> float:

@@ -411,6 +411,14 @@ class SCCVAEModule(BaseModuleClass):
             z = qz.rsample((n_samples,))
         return {"qz": qz, "z": z}
 
+    def posterior_draw(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Draw ``z`` from ``q(z | x)`` with ``generator`` (CPU); its mean without one."""
+        qz = self.inference(x)["qz"]
+        if generator is None:
+            return qz.loc
+        noise = torch.randn(qz.loc.shape, generator=generator)
+        return qz.loc + qz.scale * noise.to(qz.loc.device)
+
     def decode(self, u: torch.Tensor, node_values: torch.Tensor | None = None) -> torch.Tensor:
         """Decode to expression on the log-normalised scale.
 

@@ -219,13 +219,7 @@ class PredictionMixin:
             x = torch.as_tensor(
                 dense(expression[start : start + CHUNK]), dtype=torch.float32, device=self.device
             )
-            qz = self.module.inference(x)["qz"]
-            z = (
-                qz.loc
-                if give_mean
-                else qz.loc
-                + qz.scale * torch.randn(qz.loc.shape, generator=generator).to(self.device)
-            )
+            z = self.module.posterior_draw(x, None if give_mean else generator)
             parts.append((self.module.scm(z) if kind == "causal" else z).cpu().numpy())
         return np.concatenate(parts)
 
@@ -386,11 +380,7 @@ class PredictionMixin:
         for start in range(0, n_cells, CHUNK):
             chunk = control[rows[start : start + CHUNK]]
             x = torch.as_tensor(dense(chunk), dtype=torch.float32, device=self.device)
-            qz = self.module.inference(x)["qz"]
-            z = qz.loc
-            if sample:
-                noise = torch.randn(qz.loc.shape, generator=generator).to(self.device)
-                z = qz.loc + qz.scale * noise
+            z = self.module.posterior_draw(x, generator if sample else None)
             z_parts.append(z)
             library_parts.append(x.sum(dim=1, keepdim=True))
             x_parts.append(x)
