@@ -511,7 +511,7 @@ class SCCVAEModule(BaseModuleClass):
         """
         if self.likelihood == "nb":
             library = source.sum(dim=1, keepdim=True).clamp_min(1.0)
-            logged = torch.log1p(NB_SCALE_FACTOR * source / library)
+            logged = self.log_expression(source)
             moved = (logged + prediction - control_prediction).clamp_min(0.0)
             if log_normalized:
                 return moved
