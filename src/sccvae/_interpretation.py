@@ -24,7 +24,6 @@ import torch
 
 from ._constants import REGISTRY_KEYS
 from ._inputs import dense
-from ._interventions import build_intervention
 from ._perturbations import canonical_label, perturbation_labels
 
 if TYPE_CHECKING:
@@ -104,7 +103,7 @@ class InterpretationMixin:
         self._check_if_trained(warn=True)
         self.module.eval()
         module = self.module
-        intervention = build_intervention(self, perturbations)
+        intervention = self._intervention(perturbations)
         weights, targets = intervention.weights, intervention.targets
         z, _, _, source = self._encode_controls(adata, n_cells, seed, sample=False)
         per_target = module.target_shifts(targets)

@@ -15,7 +15,7 @@ import torch
 from ._borrowing import borrowing_weights, control_signatures, similarities
 from ._calibration import fitted_gap, reference_cells
 from ._inputs import CHUNK, check_model_genes, dense, log_normalize
-from ._interventions import build_intervention, unseen_magnitude
+from ._interventions import Intervention, unseen_magnitude
 from ._perturbations import canonical, check_control_label, perturbation_labels
 from ._reference import flag_extrapolation
 
@@ -101,7 +101,7 @@ class PredictionMixin:
         requested, perturbations = self._requested_labels(perturbations)
         self._check_if_trained(warn=True)
         self.module.eval()
-        intervention = build_intervention(self, perturbations)
+        intervention = self._intervention(perturbations)
         z, library, names, x = self._encode_controls(adata, n_cells, seed)
         source = x if counterfactual else None
         blocks, obs, means = [], [], []
@@ -159,7 +159,7 @@ class PredictionMixin:
         (requested,), (perturbation,) = self._requested_labels([perturbation])
         self._check_if_trained(warn=True)
         self.module.eval()
-        intervention = build_intervention(self, [perturbation])
+        intervention = self._intervention([perturbation])
         z, library, names, source = self._encode_controls(adata, n_cells, seed)
         source = source if counterfactual else None
         blocks, obs = [], []
@@ -242,6 +242,107 @@ class PredictionMixin:
             canonical(label, self.control_label_, self.combination_delimiter_) for label in labels
         ]
         return [label.strip() for label in labels], canon
+
+    def _intervention(self, perturbations: Sequence[str]) -> Intervention:
+        """Describe ``perturbations`` (labels) as a shift intervention of the module.
+
+        Raises a ValueError naming every target that cannot be represented and the fix.
+        """
+        parsed = [self._parse(label) for label in perturbations]
+        names = sorted({t for targets in parsed for t in targets})
+        module, device = self.module, self.device
+        seen = {t: i for i, t in enumerate(self.targets_)}
+        node_of = (
+            {g: i for i, g in enumerate(self.latent_node_names_)}
+            if self.latent_nodes_ == "genes"
+            else {}
+        )
+        measured = set(self.var_names_)
+        embedded = set(self.gene_embedding_.index)
+        # with gene nodes any measured gene can be represented; abstract nodes need an embedding
+        representable = embedded | (
+            set(node_of) | measured if self.latent_nodes_ == "genes" else set()
+        )
+        unknown = [t for t in names if t not in seen and t not in representable]
+        if unknown:
+            raise ValueError(
+                f"Cannot represent perturbation target(s) {unknown}: {self._unknown_hint()}."
+            )
+
+        n = len(names)
+        column_of = {t: i for i, t in enumerate(names)}
+        with torch.no_grad():
+            embedding = torch.as_tensor(
+                self.gene_embedding_.reindex(names).fillna(0.0).to_numpy(np.float32), device=device
+            )
+            targets = {
+                "node": torch.full((n,), -1, dtype=torch.long, device=device),
+                "embedding": embedding,
+                "magnitude": module.predicted_magnitude(embedding),
+                "shared_strength": module.shared_strength.detach().mean().expand(n).clone(),
+                "residual": torch.zeros(n, module.n_input, device=device),
+                "correction": torch.zeros(n, module.n_latent, device=device),
+            }
+            for t in names:
+                if t not in seen and t in node_of:
+                    targets["node"][column_of[t]] = node_of[t]
+            # a trained target is described exactly as the module describes it in training
+            trained = [(column_of[t], seen[t]) for t in names if t in seen]
+            if trained:
+                columns, rows = (
+                    torch.as_tensor(v, device=device) for v in zip(*trained, strict=True)
+                )
+                for key, value in module.training_targets().items():
+                    targets[key][columns] = value.detach()[rows]
+            nodes, magnitude = targets["node"], targets["magnitude"]
+            profile = module.target_profile(nodes, embedding)
+            new_nodes = [t for t in names if t not in seen and t in node_of]
+            proxies = [
+                t
+                for t in names
+                if t not in seen
+                and t not in node_of
+                and self.latent_nodes_ == "genes"
+                and t in measured
+            ]
+            if new_nodes or proxies:
+                column = {g: i for i, g in enumerate(self.var_names_)}
+                genes = [column[t] for t in new_nodes + proxies]
+                values = self._unseen_node_magnitudes(genes)
+                for t, value in zip(new_nodes + proxies, values, strict=True):
+                    magnitude[column_of[t]] = float(value)
+            if proxies:
+                directions = self._proxy_directions([column[t] for t in proxies])
+                for t, direction in zip(proxies, directions, strict=True):
+                    profile[column_of[t]] = direction
+            targets["profile"] = profile
+            targets["propagation"] = torch.ones(n, device=device)
+            unseen = [t for t in names if t not in seen]
+            if unseen and module.label_observed.any():
+                signs = [float(np.sign(magnitude[column_of[t]].item()) or -1.0) for t in unseen]
+                shifts, residuals = self._borrowed_interventions(unseen, signs)
+                rows = torch.as_tensor([column_of[t] for t in unseen], device=device)
+                targets["correction"][rows] = shifts
+                targets["residual"][rows] = residuals
+                targets["shared_strength"][rows] = 0.0
+            for t in new_nodes:
+                targets["propagation"][column_of[t]] = self.propagation_weight_
+        weights = torch.zeros(len(parsed), n, device=device)
+        for row, target_set in enumerate(parsed):
+            weights[row, [column_of[t] for t in target_set]] = 1.0
+        all_seen = [all(t in seen for t in target_set) for target_set in parsed]
+        return Intervention(weights, targets, all_seen, names)
+
+    def _unknown_hint(self) -> str:
+        if list(self.gene_embedding_.columns) == self.targets_:
+            return (
+                "one-hot embeddings only know the training targets; use perturbation_embedding="
+                "'coexpression' (measured genes) or a DataFrame of gene embeddings"
+            )
+        return (
+            "they are neither measured genes nor rows of the perturbation embedding; pass "
+            "perturbation_embedding=DataFrame with these genes when building the model"
+        )
 
     def _unseen_node_magnitudes(self, genes: Sequence[int]) -> np.ndarray:
         """Own-node shift ``c`` of genes absent from training, by :attr:`unseen_magnitude_`."""
