@@ -143,6 +143,16 @@ def borrowing_weights(similarity: np.ndarray, temperature: float) -> np.ndarray:
     return weights / weights.sum(axis=1, keepdims=True)
 
 
+def _pooled_weights(similarity: np.ndarray, pools: np.ndarray, temperature: float) -> np.ndarray:
+    """:func:`borrowing_weights` of each row over its own pool (zero elsewhere)."""
+    if not np.isfinite(temperature):
+        return pools / pools.sum(axis=1, keepdims=True)
+    logits = np.where(pools, similarity / temperature, -np.inf)
+    logits -= logits.max(axis=1, keepdims=True)
+    weights = np.exp(logits)
+    return weights / weights.sum(axis=1, keepdims=True)
+
+
 def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a - a.mean(), b - b.mean()
     norm = np.sqrt((a @ a) * (b @ b))
@@ -239,17 +249,14 @@ def choose_borrowing(
     borrowable = borrowable_changes(changes, label_columns)
     regression = joint_regression(control, columns)
     # the labels each validation target may borrow from: not its own, none sharing its gene
-    pools = []
-    for row, column in zip(validation, columns, strict=True):
-        pool = np.array([column not in label for label in label_columns])
-        pool[row] = False
-        pools.append(pool)
+    pools = np.array(
+        [[column not in label for label in label_columns] for column in columns], dtype=bool
+    )
+    pools[np.arange(len(validation)), validation] = False
     per_target: dict[tuple[float, float], np.ndarray] = {}
     for temperature in temperatures:
-        borrowed = []
-        for i, pool in enumerate(pools):
-            weights = borrowing_weights(similarity[i, pool], temperature)[0]
-            borrowed.append(weights @ borrowable[pool])
+        # every validation target's weights at once, zero outside its pool: one product
+        borrowed = _pooled_weights(similarity, pools, temperature) @ borrowable
         for weight in propagation_weights:
             values = []
             for i, (row, column) in enumerate(zip(validation, columns, strict=True)):
