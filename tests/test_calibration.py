@@ -58,7 +58,8 @@ def test_censored_shift_inverts_the_saturating_response():
 
 def test_calibration_corrects_latent_shifts_then_fits_residuals(trained_model):
     errors = trained_model.calibration_
-    assert set(errors) == {"before", "corrected", "after", "decrease_bound"}
+    assert set(errors) == {"before", "corrected", "after", "decrease_bound", "full"}
+    assert errors["full"] == 1.0
     assert errors["corrected"] < errors["before"]  # the corrections move the structure closer
     # the residuals explain nearly all the rest (not all: the training double g0+g1 and its
     # singles share two residuals)
@@ -183,3 +184,22 @@ def test_models_saved_without_a_decrease_bound_load_without_one(trained_model):
         assert module.decrease_bound.item() == np.inf
     finally:
         module.decrease_bound.copy_(saved)
+
+
+def test_large_screens_get_the_residuals_only_calibration(monkeypatch):
+    import sccvae._calibration as calibration
+
+    adata = make_toy_adata()
+    SCCVAE.setup_anndata(adata)
+    monkeypatch.setattr(calibration, "FULL_CALIBRATION_LIMIT", 0)  # every screen is large
+    model = SCCVAE(adata, n_latent=12, n_hidden=16, seed=0)
+    model.train(max_epochs=2, enable_progress_bar=False)
+    errors, module = model.calibration_, model.module
+    assert errors["full"] == 0.0 and np.isnan(errors["after"])
+    assert errors["before"] == errors["corrected"]  # no latent corrections to move it
+    assert module.target_correction.abs().sum() == 0 and module.target_residual.abs().sum() > 0
+    model.train(max_epochs=2, enable_progress_bar=False, calibrate="full")
+    assert model.calibration_["full"] == 1.0 and module.target_correction.abs().sum() > 0
+    with pytest.raises(ValueError, match="calibrate must be"):
+        model.train(max_epochs=2, calibrate="fast")
+

@@ -49,6 +49,13 @@ from ._observed import observed_changes
 
 logger = logging.getLogger(__name__)
 
+#: Above this many trained labels x genes the calibration is the large-screen one: no latent
+#: corrections and :data:`LARGE_SCREEN_CELLS` control cells (the full one would take from about
+#: 5 minutes to hours on a CPU thread: ``benchmarks/calibration_cost.py``, ``scale.py``).
+FULL_CALIBRATION_LIMIT = 2_000_000
+#: Control cells of the large-screen calibration's residuals.
+LARGE_SCREEN_CELLS = 64
+
 
 def calibrate_training_targets(
     model,
@@ -59,6 +66,7 @@ def calibrate_training_targets(
     correction_steps: int = 100,
     correction_cells: int = 32,
     progress: bool = False,
+    full: bool | None = None,
 ) -> dict[str, float]:
     """Fit every trained target's latent correction and residual to its training cells.
 
@@ -85,18 +93,35 @@ def calibrate_training_targets(
         Show a progress bar over the latent corrections' steps (``scvi.utils.track``, in
         scvi-tools' progress bar style): the calibration of the built-in simulated screen
         took 17 s on one busy CPU thread, silent until now.
+    full
+        ``None`` (default): the full calibration up to :data:`FULL_CALIBRATION_LIMIT` trained
+        labels x genes, the large-screen one beyond (residuals only, from
+        :data:`LARGE_SCREEN_CELLS` control cells; trained singles are still reproduced, but
+        combinations of trained targets propagate uncorrected shifts); ``True`` / ``False``
+        force one or the other.
 
     Returns
     -------
     The squared error of the standardised mean changes of the training labels over all
     genes, before calibration, after the latent corrections, and after the residuals
-    (``"before"``, ``"corrected"``, ``"after"``), and the module's decrease bound
-    (``"decrease_bound"``, infinite without one).
+    (``"before"``, ``"corrected"``, ``"after"``; ``nan`` for ``"after"`` in the large-screen
+    calibration, which skips that pass), the module's decrease bound (``"decrease_bound"``,
+    infinite without one) and whether the calibration was the full one (``"full"``, 1 or 0).
     """
     module = model.module
     labels, observed, control_rows = observed_changes(model, train_idx)
     if labels.size == 0:
         return {}
+    if full is None:
+        full = labels.size * module.n_input <= FULL_CALIBRATION_LIMIT
+    if not full:
+        logger.info(
+            "Calibrating %d training perturbations x %d genes: the large-screen calibration "
+            "(residuals from %d control cells, no latent corrections); train(calibrate='full') "
+            "forces the full one.",
+            labels.size, module.n_input, LARGE_SCREEN_CELLS,
+        )  # fmt: skip
+        correction_steps, n_cells = 0, min(n_cells, LARGE_SCREEN_CELLS)
     expression = registered_expression(model.adata_manager, model.adata)
     device = model.device
 
@@ -108,17 +133,20 @@ def calibrate_training_targets(
 
     module.target_residual.zero_()
     module.target_correction.zero_()
-    before = _structural_changes(module, z, cells, weights)
+    # without latent corrections the structure's changes before them are the corrected ones
+    before = _structural_changes(module, z, cells, weights) if correction_steps > 0 else None
     corrected, after = _fit_corrections(
         module, z, cells, weights, observed, trained, ridge,
-        correction_steps, correction_cells, progress,
+        correction_steps, correction_cells, progress, diagnose=full,
     )  # fmt: skip
     module.train(was_training)
+    before = corrected if before is None else before
     errors = {
-        name: float(((changes - observed) ** 2).mean())
+        name: float(((changes - observed) ** 2).mean()) if changes is not None else float("nan")
         for name, changes in (("before", before), ("corrected", corrected), ("after", after))
     }
     errors["decrease_bound"] = float(module.decrease_bound)
+    errors["full"] = float(full)
     logger.info(
         "Calibrated %d training perturbations: squared error of mean changes %.4f -> %.4f "
         "(latent corrections) -> %.4f (residuals)",
@@ -179,11 +207,12 @@ def estimate_decrease_bound(model, train_idx: np.ndarray, factor: float = 1.1) -
 
 def _fit_corrections(
     module, z, cells, weights, observed, trained, ridge, correction_steps,
-    correction_cells, progress=False,
-) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    correction_cells, progress=False, diagnose=True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
     """Fit the latent corrections, then the residuals, at the module's decrease bound.
 
-    Returns the mean changes of the labels after the corrections and after the residuals.
+    Returns the mean changes of the labels after the corrections and after the residuals
+    (``None`` without ``diagnose``: that pass is a record, not needed by the fit).
     """
     if correction_steps > 0:
         correction = _fit_latent_corrections(
@@ -208,7 +237,7 @@ def _fit_corrections(
             ridge,
         )  # fmt: skip
         module.target_residual.copy_((residual * trained[:, None]).float())
-        after = _structural_changes(module, z, cells, weights, residual=True)
+        after = _structural_changes(module, z, cells, weights, residual=True) if diagnose else None
     return corrected, after
 
 

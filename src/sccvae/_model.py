@@ -417,7 +417,7 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
         plan_kwargs: dict | None = None,
         datasplitter_kwargs: dict | None = None,
         n_threads: int | Literal["auto"] | None = "auto",
-        calibrate: bool = True,
+        calibrate: bool | Literal["full"] = True,
         **trainer_kwargs,
     ):
         """Train the model on paired minibatches (one perturbation + as many control cells).
@@ -461,10 +461,14 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
             :mod:`sccvae._calibration`), so that trained perturbations are reproduced and
             combinations add their residuals to the structure's prediction. Training then
             starts by estimating the decrease bound (:meth:`~sccvae.SCCVAEModule.saturate`).
-            ``False``: neither, the latent structure alone.
+            ``True`` (default) is the full calibration up to 2 million trained labels x genes
+            and a cheaper one beyond (residuals only: no latent corrections, 64 control
+            cells); ``"full"`` forces the full one; ``False``: neither, the structure alone.
         **trainer_kwargs
             Passed to :class:`scvi.train.Trainer` / Lightning.
         """
+        if calibrate not in (True, False, "full"):
+            raise ValueError(f"calibrate must be True, False or 'full', got {calibrate!r}.")
         if max_epochs is not None and (isinstance(max_epochs, bool) or int(max_epochs) < 1):
             raise ValueError(
                 f"max_epochs must be a positive number of epochs (or None for the default), got "
@@ -537,6 +541,7 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
                 self.calibration_ = calibrate_training_targets(
                     self, data_splitter.train_idx, seed=self.seed_,
                     progress=trainer_kwargs.get("enable_progress_bar", True),
+                    full=True if calibrate == "full" else None,
                 )  # fmt: skip
         self.fit_unseen_maps(data_splitter.train_idx)
         # what predictions and later loads are compared with (saved with the model)
