@@ -203,3 +203,20 @@ def test_large_screens_get_the_residuals_only_calibration(monkeypatch):
     with pytest.raises(ValueError, match="calibrate must be"):
         model.train(max_epochs=2, calibrate="fast")
 
+
+
+def test_residuals_of_a_screen_of_singles_need_no_per_gene_solve(monkeypatch):
+    import sccvae._calibration as calibration
+
+    generator = torch.Generator().manual_seed(0)
+    weights = torch.zeros(4, 5, dtype=torch.float64)
+    weights[[0, 1, 2, 3], [2, 0, 4, 1]] = 1.0  # target 3 has no training label
+    gaps = torch.randn(4, 7, generator=generator, dtype=torch.float64)
+    gene_weights = torch.rand(4, 7, generator=generator, dtype=torch.float64) + 0.05
+    fast = calibration._weighted_ridge(weights, gaps, gene_weights, 1e-3)
+    monkeypatch.setattr(calibration, "_one_label_per_target", lambda weights: False)
+    solved = calibration._weighted_ridge(weights, gaps, gene_weights, 1e-3)
+    unweighted = calibration._weighted_ridge(weights, gaps, torch.ones_like(gaps), 1e-3)
+    torch.testing.assert_close(fast, solved)
+    torch.testing.assert_close(fast, unweighted)
+    assert fast[3].abs().sum() == 0
