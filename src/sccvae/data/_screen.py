@@ -80,7 +80,6 @@ def draw_screen(
     target_expression_quantile,
     gene_prefix,
     seed,
-    **_unused,
 ) -> AnnData:
     """Draw a screen's truth and its cells from validated arguments (see ``simulate_perturbseq``).
 

@@ -432,6 +432,7 @@ def simulate_perturbseq(
     checked = locals()
     values = {name: checked[name] for name in inspect.signature(simulate_perturbseq).parameters}
     record = {name: _recordable(value) for name, value in values.items()}
+    del values["penetrance"]  # the generative process takes it as penetrance_beta / mean
     return draw_screen(
         record, **values, penetrance_beta=penetrance_beta, mean_penetrance=mean_penetrance
     )
