@@ -25,6 +25,7 @@ import time
 import warnings
 
 import pandas as pd
+from _tables import print_method_table
 
 VARIANTS: dict[str, dict] = {
     "default": {},
@@ -88,10 +89,7 @@ def main(argv=None) -> int:
     table = result.results.groupby("method")[list(COLUMNS)].mean().loc[[*names, *args.baselines]]
     print(f"Validation screen: scenario {args.scenario!r}, seed {args.seed}, folds {args.folds}")
     print()
-    print("| method | " + " | ".join(COLUMNS) + " |")
-    print("|---|" + "---|" * len(COLUMNS))
-    for method, row in table.iterrows():
-        print(f"| {method} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
+    print_method_table(table.iterrows(), COLUMNS)
     print()
     print(f"`python {shlex.join(['benchmarks/ablations.py', *sys.argv[1:]])}` "
           f"({time.perf_counter() - start:.0f} s)")

@@ -28,6 +28,7 @@ import time
 import warnings
 
 import pandas as pd
+from _tables import print_method_table
 
 INF = float("inf")
 #: variant -> (temperatures, propagation weights) tried; None keeps the default grid
@@ -103,16 +104,13 @@ def main(argv=None) -> int:
         for baseline in args.baselines:
             rows.setdefault(baseline, table.loc[baseline] if baseline in table.index else None)
         training = result.training
-        chosen[variant] = sorted(
-            set(zip(training["borrowing_temperature"], training["propagation_weight"]))
-        )
-    where = args.data if args.data != "simulated" else f"simulated {args.scenario}, seed {args.seed}"
+        pairs = zip(training["borrowing_temperature"], training["propagation_weight"], strict=True)
+        chosen[variant] = sorted(set(pairs))
+    simulated = f"simulated {args.scenario}, seed {args.seed}"
+    where = args.data if args.data != "simulated" else simulated
     print(f"Screen: {where}; folds {args.folds or 'all'}; filter {args.obs_filter}")
     print()
-    print("| method | " + " | ".join(COLUMNS) + " |")
-    print("|---|" + "---|" * len(COLUMNS))
-    for method, row in rows.items():
-        print(f"| {method} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
+    print_method_table(rows.items(), COLUMNS)
     print()
     for variant, pairs in chosen.items():
         print(f"- {variant}: (T, a) chosen per fold {pairs}")
