@@ -54,6 +54,11 @@ def test_censored_shift_inverts_the_saturating_response():
     assert shift[0] < -1.5
     assert -1.5 < saturate(2 * shift[:1], bound[:1]) < -1.2
     torch.testing.assert_close(shift[3], target[3] - drive[:, 3].mean(), atol=1e-4, rtol=0)
+    # a decrease beyond what the bound lets any shift reach takes a shift at that limit
+    beyond = _censored_shift(cells, drive, base, torch.full((4,), -2.0), torch.zeros(4), bound)
+    reached = torch.maximum(cells + saturate(drive + beyond, bound), torch.zeros(4))
+    limit = torch.maximum(cells - bound, torch.zeros(4)).mean(dim=0) - base
+    torch.testing.assert_close(reached.mean(dim=0) - base, limit, atol=1e-3, rtol=0)
 
 
 def test_calibration_corrects_latent_shifts_then_fits_residuals(trained_model):
