@@ -45,7 +45,7 @@ import torch
 
 from ._inputs import dense, registered_expression
 from ._module import saturate
-from ._observed import observed_changes
+from ._observed import ObservedChanges, observed_changes
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +67,7 @@ def calibrate_training_targets(
     correction_cells: int = 32,
     progress: bool = False,
     full: bool | None = None,
+    observed: ObservedChanges | None = None,
 ) -> dict[str, float]:
     """Fit every trained target's latent correction and residual to its training cells.
 
@@ -99,6 +100,9 @@ def calibrate_training_targets(
         :data:`LARGE_SCREEN_CELLS` control cells; trained singles are still reproduced, but
         combinations of trained targets propagate uncorrected shifts); ``True`` / ``False``
         force one or the other.
+    observed
+        The training cells' :func:`~sccvae._observed.observed_changes` when already read
+        (:meth:`~sccvae.SCCVAE.train` reads them once); read from ``train_idx`` otherwise.
 
     Returns
     -------
@@ -109,7 +113,9 @@ def calibrate_training_targets(
     infinite without one) and whether the calibration was the full one (``"full"``, 1 or 0).
     """
     module = model.module
-    labels, observed, control_rows = observed_changes(model, train_idx)
+    if observed is None:
+        observed = observed_changes(model, train_idx)
+    labels, control_rows, observed = observed.labels, observed.control_rows, observed.observed
     if labels.size == 0:
         return {}
     if full is None:
@@ -175,18 +181,23 @@ def reference_cells(
     return z, module.standardize(x)
 
 
-def estimate_decrease_bound(model, train_idx: np.ndarray, factor: float = 1.1) -> float:
+def estimate_decrease_bound(
+    model, train_idx: np.ndarray, factor: float = 1.1, observed: ObservedChanges | None = None
+) -> float:
     """How far a gene's expression can fall, from the training perturbations' mean changes.
 
     ``factor`` times the largest decrease of any gene in any training label (log-normalised
     units). If the training labels include combinations whose targets were also trained
     alone, their observed changes decide: the bound is kept only if composing the singles'
     changes through it (:meth:`~sccvae._module.SCCVAEModule.saturate`) fits the
-    combinations better than adding them; otherwise there is none (``inf``).
+    combinations better than adding them; otherwise there is none (``inf``). ``observed``:
+    the training cells' :func:`~sccvae._observed.observed_changes` when already read.
     """
     module = model.module
-    labels, observed, _ = observed_changes(model, train_idx)
-    changes = observed * module.gene_scale  # log-normalised units
+    if observed is None:
+        observed = observed_changes(model, train_idx)
+    labels = observed.labels
+    changes = observed.observed * module.gene_scale  # log-normalised units
     largest = float(-changes.min()) if labels.size else 0.0
     if largest <= 0:
         return float("inf")

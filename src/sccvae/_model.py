@@ -33,7 +33,7 @@ from ._interpretation import InterpretationMixin
 from ._interventions import UNSEEN_MAGNITUDE_RULES, fit_unseen_maps
 from ._module import SCCVAEModule
 from ._nodes import gene_nodes, observed_own_changes
-from ._observed import observed_changes
+from ._observed import ObservedChanges, observed_changes
 from ._perturbations import Targets, parse_perturbation, target_matrix
 from ._prediction import PredictionMixin
 from ._quiet import without_notices
@@ -236,7 +236,7 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
 
         # counterfactuals of counts are made on their log-normalised scale, floored at zero;
         # counts or scaled values under "gaussian" are warned about
-        expression = self._expression(self.adata)
+        expression = registered_expression(self.adata_manager, self.adata)
         floor = check_expression(expression, self._layer_description(), likelihood)
         control, _ = self._control_expression(self.adata)
         control = log_normalize(control) if likelihood == "nb" else control
@@ -503,8 +503,10 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
         # training perturbations must not bypass the structure while it learns
         self.module.clear_calibration()
         training_plan = self._training_plan_cls(self.module, **plan_kwargs)
+        # read once: the decrease bound, the calibration and the borrowing all start from it
+        observed = observed_changes(self, data_splitter.train_idx)
         if calibrate:  # trained through the bound, the structure learns unsaturated changes
-            bound = estimate_decrease_bound(self, data_splitter.train_idx)
+            bound = estimate_decrease_bound(self, data_splitter.train_idx, observed=observed)
             self.module.decrease_bound.fill_(bound)
         trainer_kwargs.setdefault("gradient_clip_val", 1.0)
         trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
@@ -537,13 +539,14 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
         ):
             torch.manual_seed(self.seed_)
             result = runner()
+            observed = observed.to(self.device)
             if calibrate:  # a progress bar as the trainer's, for a step that takes a while
                 self.calibration_ = calibrate_training_targets(
                     self, data_splitter.train_idx, seed=self.seed_,
                     progress=trainer_kwargs.get("enable_progress_bar", True),
-                    full=True if calibrate == "full" else None,
+                    full=True if calibrate == "full" else None, observed=observed,
                 )  # fmt: skip
-        self.fit_unseen_maps(data_splitter.train_idx)
+        self._fit_unseen_maps(observed)
         # what predictions and later loads are compared with (saved with the model)
         self.training_reference_ = training_reference(self, data_splitter.train_idx)
         return result
@@ -558,17 +561,19 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
         (:func:`sccvae._interventions.fit_unseen_maps`). Called at the end of :meth:`train`;
         never uses the cells of the perturbation being predicted.
         """
+        rows = np.arange(self.adata.n_obs) if train_indices is None else train_indices
+        self._fit_unseen_maps(observed_changes(self, np.asarray(rows)))
+
+    def _fit_unseen_maps(self, observed: ObservedChanges) -> None:
         rule, self.unseen_magnitude_errors_ = fit_unseen_maps(self.module)
         if rule is not None and self._unseen_magnitude == "auto":
             self.unseen_magnitude_ = rule
-        rows = np.arange(self.adata.n_obs) if train_indices is None else train_indices
-        labels, changes, significance, control = observed_changes(
-            self, np.asarray(rows), significance=True
-        )
-        codes = torch.as_tensor(labels, dtype=torch.long, device=self.device)
+        codes = torch.as_tensor(observed.labels, dtype=torch.long, device=self.device)
         columns = self._label_columns(codes)
-        control = self._log_expression(control)
-        borrowing = fit_borrowing(self.module, codes, changes, significance, columns, control)
+        control = self._log_expression(observed.control_rows)
+        borrowing = fit_borrowing(
+            self.module, codes, observed.observed, observed.significance, columns, control
+        )
         self.borrowing_temperature_ = borrowing.temperature
         self.propagation_weight_ = borrowing.propagation
         self.borrowing_scores_ = {f"{t},{a}": v for (t, a), v in borrowing.scores.items()}
@@ -587,9 +592,6 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
     def _layer_description(self) -> str:
         layer = self.adata_manager.registry["setup_args"]["layer"]
         return "adata.X" if layer is None else f"adata.layers[{layer!r}]"
-
-    def _expression(self, adata: ad.AnnData):
-        return registered_expression(self.adata_manager, adata)
 
 
 def _count(n: int, noun: str) -> str:

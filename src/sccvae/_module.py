@@ -25,7 +25,6 @@ Likelihood = Literal["gaussian", "nb"]
 _ABSTRACT = MODEL_DEFAULTS["abstract"]
 
 
-
 class SCCVAEModule(BaseModuleClass):
     """Causal VAE: exogenous encoder, shift interventions, latent SCM, decoder.
 

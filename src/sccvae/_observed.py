@@ -10,15 +10,46 @@ at once: the registered matrix can be sparse or a backed h5ad.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 import numpy as np
 import torch
 
 from ._inputs import CHUNK, dense, registered_expression, registered_label_codes
 
 
+@dataclass(frozen=True)
+class ObservedChanges:
+    """Each training label's observed mean change against the training control cells.
+
+    Attributes
+    ----------
+    labels
+        Codes of the perturbed training labels, sorted.
+    observed
+        Their mean changes (labels x genes, float32, on the model's standardised scale).
+    significance
+        Each change's Welch t statistic (labels x genes): the change over its standard error
+        (signed), zero where the genes never vary.
+    control_rows
+        Positions of the training control cells.
+    """
+
+    labels: np.ndarray
+    observed: torch.Tensor
+    significance: torch.Tensor
+    control_rows: np.ndarray
+
+    def to(self, device) -> ObservedChanges:
+        """Return the same changes on ``device`` (training may have moved the model)."""
+        return replace(
+            self, observed=self.observed.to(device), significance=self.significance.to(device)
+        )
+
+
 @torch.no_grad()
-def observed_changes(model, train_idx: np.ndarray, significance: bool = False):
-    """Training labels (codes), their standardised mean changes, and the control rows.
+def observed_changes(model, train_idx: np.ndarray) -> ObservedChanges:
+    """Read the training labels' observed changes in one pass over the training cells.
 
     Parameters
     ----------
@@ -26,15 +57,6 @@ def observed_changes(model, train_idx: np.ndarray, significance: bool = False):
         A :class:`~sccvae.SCCVAE`.
     train_idx
         Positions of the training cells in the model's AnnData.
-    significance
-        Also return each change's Welch t statistic (labels x genes): the change over its
-        standard error (signed), zero where the genes never vary.
-
-    Returns
-    -------
-    ``labels`` (codes of the perturbed training labels, sorted), ``observed`` (labels x
-    genes, float32, on the model's standardised scale), with ``significance`` the t
-    statistics, and ``control_rows`` (positions of the training control cells).
     """
     module = model.module
     train_idx = np.asarray(train_idx)
@@ -71,8 +93,6 @@ def observed_changes(model, train_idx: np.ndarray, significance: bool = False):
     )
     mean, variance = mean.float(), variance.float()
     observed = mean[1:] - mean[0]
-    if not significance:
-        return labels, observed, control_rows
     error = (variance[1:] + variance[0]).sqrt()
     statistics = observed / error.clamp_min(1e-12) * (error > 0)
-    return labels, observed, statistics, control_rows
+    return ObservedChanges(labels, observed, statistics, control_rows)

@@ -14,7 +14,7 @@ import torch
 
 from ._borrowing import borrowing_weights, control_signatures, similarities
 from ._calibration import fitted_gap, reference_cells
-from ._inputs import CHUNK, check_model_genes, dense, log_normalize
+from ._inputs import CHUNK, check_model_genes, dense, log_normalize, registered_expression
 from ._interventions import Intervention, unseen_magnitude
 from ._perturbations import canonical, check_control_label, perturbation_labels
 from ._reference import flag_extrapolation
@@ -212,7 +212,7 @@ class PredictionMixin:
         adata = self.adata if adata is None else adata
         check_model_genes(adata, self.var_names_)
         self.module.eval()
-        expression = self._expression(adata)
+        expression = registered_expression(self.adata_manager, adata)
         generator = torch.Generator().manual_seed(self._seed(seed))
         parts = []
         for start in range(0, adata.n_obs, CHUNK):
@@ -433,7 +433,7 @@ class PredictionMixin:
         if rows is None:
             cells, _ = self._control_expression(self.adata)
         else:
-            cells = self._expression(self.adata)[rows]
+            cells = registered_expression(self.adata_manager, self.adata)[rows]
         if self.module.likelihood == "nb":
             cells = log_normalize(cells)
         return dense(cells).astype(np.float64)
@@ -541,7 +541,8 @@ class PredictionMixin:
         labels = perturbation_labels(adata.obs, self.perturbation_key_)
         check_control_label(labels, self.control_label_, self.perturbation_key_)
         rows = np.flatnonzero(labels == self.control_label_)
-        return self._expression(adata)[rows], adata.obs_names[rows].to_numpy()
+        expression = registered_expression(self.adata_manager, adata)
+        return expression[rows], adata.obs_names[rows].to_numpy()
 
 
 def _penetrance_levels(penetrance: float | Sequence[float]) -> list[float]:

@@ -342,6 +342,7 @@ def register_method(name: str, method: Method, replace: bool = False) -> None:
     REGISTRY[name] = method
     METHODS[name] = method.description
 
+
 #: Methods run when none are named, per split design.
 #: Ablations (``sccvae_nograph``, ``sccvae_abstract``) are run by name; the default run fits in
 #: 10 minutes on 2 CPU cores.
