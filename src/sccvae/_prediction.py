@@ -123,7 +123,7 @@ class PredictionMixin:
             )
         extrapolated = flag_extrapolation(
             self, requested, perturbations, torch.stack(means),
-            self.module.log_expression(x).mean(dim=0),
+            self.module.log_expression(x).mean(dim=0), self._training_perturbations(),
         )  # fmt: skip
         for frame, flag in zip(obs, extrapolated, strict=True):
             frame.insert(3, "extrapolated", flag)

@@ -32,7 +32,7 @@ import torch
 
 from ._constants import REGISTRY_KEYS
 from ._inputs import CHUNK, dense, registered_expression, registered_label_codes
-from ._perturbations import perturbation_labels
+from ._perturbations import parse_perturbation, perturbation_labels
 
 #: Root mean square over genes of the difference between two control means, in control
 #: standard deviations (the model's gene scale), above which :func:`check_loaded_data` says
@@ -112,6 +112,7 @@ def flag_extrapolation(
     canonical_labels: Sequence[str],
     means: torch.Tensor,
     source_mean: torch.Tensor,
+    trained: Sequence[str],
 ) -> np.ndarray:
     """Flag the predictions that go beyond the training data, and warn about them.
 
@@ -125,6 +126,8 @@ def flag_extrapolation(
         Mean predicted expression of each label (labels x genes, log-normalised).
     source_mean
         Mean log-normalised expression of the source control cells.
+    trained
+        The training perturbations, in canonical form: never flagged.
 
     Returns
     -------
@@ -136,7 +139,7 @@ def flag_extrapolation(
     flags = np.zeros(len(requested), dtype=bool)
     if not reference:
         return flags
-    trained = set(model._training_perturbations()) | {model.control_label_}
+    trained = set(trained) | {model.control_label_}
     means = means.double().cpu().numpy()
     norms = np.linalg.norm(means - source_mean.double().cpu().numpy(), axis=1)
     # a tenth of a control standard deviation (at least 0.01 log units) of leeway: a gene
@@ -203,7 +206,11 @@ def _outside_the_package() -> int:
 
 def _hint(model, reasons: dict[str, str]) -> str:
     """Return what the user can do about extrapolated predictions."""
-    targets = {t for label in reasons for t in model._parse(label)}
+    targets = {
+        t
+        for label in reasons
+        for t in parse_perturbation(label, model.control_label_, model.combination_delimiter_)
+    }
     nodes = set(model.latent_node_names_) if model.latent_nodes_ == "genes" else set()
     coarse = sorted(t for t in targets if t in set(model.var_names_) and t not in nodes)
     if coarse and model.latent_nodes_ == "genes":
