@@ -208,10 +208,10 @@ def test_counts_in_x_log_normalised_for_baselines_and_scoring(tiny):
 
 
 def test_sccvae_nb_on_counts_predictions_scored_log_normalised(tiny, monkeypatch):
-    from sccvae.benchmark import _fold
+    from sccvae.benchmark import _scoring
 
     seen = {}
-    setup, init, evaluate = sccvae.SCCVAE.setup_anndata, sccvae.SCCVAE.__init__, _fold.evaluate
+    setup, init, evaluate = sccvae.SCCVAE.setup_anndata, sccvae.SCCVAE.__init__, _scoring.evaluate
     predict = sccvae.SCCVAE.predict
 
     def spy_setup(adata, *args, **kwargs):
@@ -236,7 +236,7 @@ def test_sccvae_nb_on_counts_predictions_scored_log_normalised(tiny, monkeypatch
     monkeypatch.setattr(sccvae.SCCVAE, "predict", spy_predict)
     monkeypatch.setattr(sccvae.SCCVAE, "setup_anndata", spy_setup)
     monkeypatch.setattr(sccvae.SCCVAE, "__init__", spy_init)
-    monkeypatch.setattr(_fold, "evaluate", spy_evaluate)
+    monkeypatch.setattr(_scoring, "evaluate", spy_evaluate)
     result = run_benchmark(
         _counts_adata(tiny), n_folds=2, folds=[0], methods="sccvae,mean", **FAST
     )
@@ -334,7 +334,7 @@ def test_unseen_sccvae_onehot_only_for_training_targets(tiny):
 
 
 def test_one_eligible_perturbation(tiny, monkeypatch, no_training):
-    from sccvae.benchmark import _fold
+    from sccvae.benchmark import _scoring
 
     adata, unmeasured, measured = _unmeasured(tiny, n=9)
     # baselines that learn from the perturbations they can represent would have none
@@ -344,7 +344,7 @@ def test_one_eligible_perturbation(tiny, monkeypatch, no_training):
         ):
             run_benchmark(adata, methods=f"mean,{method}", **FAST)
     # others run: a single fold tests the one eligible perturbation, the rest train
-    monkeypatch.setattr(_fold, "_run_fold", lambda *args, **kwargs: [])
+    monkeypatch.setattr(_scoring, "_run_fold", lambda *args, **kwargs: [])
     result = run_benchmark(adata, methods="sccvae,mean", **FAST)
     (split,) = result.splits
     assert split.test_perturbations == measured and split.train_perturbations == unmeasured
@@ -352,10 +352,10 @@ def test_one_eligible_perturbation(tiny, monkeypatch, no_training):
 
 
 def test_default_simulated_folds_unchanged(monkeypatch):
-    from sccvae.benchmark import _fold, load_data
+    from sccvae.benchmark import _scoring, load_data
 
     # no fitting or scoring: only the folds the default run makes are compared
-    monkeypatch.setattr(_fold, "_run_fold", lambda *args, **kwargs: [])
+    monkeypatch.setattr(_scoring, "_run_fold", lambda *args, **kwargs: [])
     result = run_benchmark(progress=False)
     adata, _ = load_data("simulated")  # the realistic scenario at the test seed
     assert result.config["data"]["scenario"] == "realistic" and result.config["seed"] == 7

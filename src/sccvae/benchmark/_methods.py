@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 #: SCCVAE's training epochs in the benchmark: ``None`` is the model's own default (about
-#: 3,000 optimiser steps, :func:`sccvae._model.default_epochs`).
+#: 3,000 optimiser steps, :func:`sccvae.model._model.default_epochs`).
 DEFAULT_MAX_EPOCHS: int | None = None
 
 #: What ``max_epochs=None`` trains for, in the words of ``--help``, the log and ``config``;

@@ -68,7 +68,7 @@ def epoch_callback(progress: Progress, task: Any):
 @contextlib.contextmanager
 def cpu_threads(n_threads: int | None) -> Iterator[None]:
     """Limit torch and BLAS (numpy / scipy) CPU threads for the run, restoring them after."""
-    from sccvae._training_plan import torch_threads
+    from sccvae.train._training_plan import torch_threads
 
     if n_threads is None:
         yield

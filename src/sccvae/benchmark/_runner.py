@@ -19,12 +19,13 @@ from anndata import AnnData
 
 from sccvae._inputs import looks_like_counts
 
+from ._arguments import _check_arguments, _reference, _run_config
 from ._data import COUNTS_LAYER, TEST_SEED, _input_data
-from ._fold import _run_folds
 from ._methods import DEFAULT_MAX_EPOCHS, REGISTRY
 from ._plan import _expression_plan, _plan_run
 from ._result import BenchmarkResult
-from ._settings import KEY_METRICS, RunSettings, _check_arguments, _reference, _run_config
+from ._scoring import _run_folds
+from ._settings import KEY_METRICS, RunSettings
 from ._summary import _pool_and_summarise
 
 logger = logging.getLogger(__name__)
