@@ -38,7 +38,7 @@ def measure(n_genes: int, n_targets: int, threads: int) -> tuple[float, float]:
     import torch
 
     import sccvae
-    from sccvae._calibration import calibrate_training_targets
+    from sccvae.model._calibration import calibrate_training_targets
 
     torch.set_num_threads(threads)
     rng = np.random.default_rng(0)

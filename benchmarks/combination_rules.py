@@ -4,7 +4,7 @@ A diagnostic for the combination split on *validation* screens (never the benchm
 folds). SCCVAE predicts a double ``A+B`` by propagating the sum of the corrected shifts of
 ``A`` and ``B`` through the latent structure and adding their calibration residuals, with
 decreases saturating at the decrease bound and predicted cells clipped at the expression
-floor (see :mod:`sccvae._calibration`). Without bound and floor that equals the additive
+floor (see :mod:`sccvae.model._calibration`). Without bound and floor that equals the additive
 model (the observed singles' sum) plus the structure's interaction ``S(A+B) - S(A) -
 S(B)``, where ``S`` is the structure with the latent corrections. This script trains SCCVAE
 on the combination split of ``simulate_perturbseq(seed, n_combinations=30)`` (all doubles
@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     import torch
 
     import sccvae
-    from sccvae._calibration import calibrate_training_targets
+    from sccvae.model._calibration import calibrate_training_targets
     from sccvae.splits import combination_split
 
     torch.set_num_threads(1)

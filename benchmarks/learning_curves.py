@@ -36,7 +36,7 @@ def _curves(adata, key: str, train_idx, val_idx, every: int, factor: float, embe
     import torch
 
     import sccvae
-    from sccvae._training_plan import default_epochs
+    from sccvae.train._training_plan import default_epochs
     from sccvae._perturbations import canonical
     from sccvae.metrics import pearson
 

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     import scvi
 
     import sccvae
-    from sccvae._interpretation import (
+    from sccvae.model._interpretation import (
         module_recovery_score,
         perturbation_modules,
         pseudobulk_modules,

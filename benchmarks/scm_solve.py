@@ -32,7 +32,7 @@ def measure(n_nodes: int, batch: int, repeats: int, device: str) -> dict:
     """Median seconds of one SCM training step at ``n_nodes`` nodes."""
     import torch
 
-    from sccvae._scm import LatentSCM, build_graph_mask
+    from sccvae.module._scm import LatentSCM, build_graph_mask
 
     mask, _ = build_graph_mask("full", n_nodes)
     scm = LatentSCM(mask, seed=0).to(device)

@@ -1,7 +1,7 @@
 """How unseen targets borrow from the training interventions: ablations of the choice.
 
 After training, SCCVAE chooses two numbers leave-one-target-out on the training targets
-(``sccvae._borrowing``): the borrowing temperature ``T`` (``inf``: an unseen target borrows
+(``sccvae.model._borrowing``): the borrowing temperature ``T`` (``inf``: an unseen target borrows
 the plain mean of the training interventions; finite: the interventions whose changes look
 like its coexpression signature weigh more) and the propagation weight ``a`` (how much of
 its own node shift the learned network passes on). This script fixes one or both and

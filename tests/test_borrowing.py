@@ -1,4 +1,4 @@
-"""What unseen targets borrow from the training interventions (sccvae._borrowing)."""
+"""What unseen targets borrow from the training interventions (sccvae.model._borrowing)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from sccvae._borrowing import (
+from sccvae.model._borrowing import (
     MIN_VALIDATION_TARGETS,
     borrowable_changes,
     borrowing_weights,
@@ -97,7 +97,7 @@ def test_too_few_validation_targets_borrow_the_mean_and_propagate_fully():
 
 
 def test_many_validation_targets_are_capped_by_a_seeded_draw(monkeypatch):
-    import sccvae._borrowing as borrowing_module
+    import sccvae.model._borrowing as borrowing_module
 
     control, changes, significance, columns = _programme_screen()
     monkeypatch.setattr(borrowing_module, "MAX_VALIDATION_TARGETS", 8)

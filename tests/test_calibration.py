@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from sccvae import SCCVAE, SCCVAETrainingPlan
-from sccvae._calibration import _censored_shift, estimate_decrease_bound
-from sccvae._module import saturate
+from sccvae.model._calibration import _censored_shift, estimate_decrease_bound
+from sccvae.module._module import saturate
 
 from .conftest import make_toy_adata
 
@@ -77,7 +77,7 @@ def test_calibration_corrects_latent_shifts_then_fits_residuals(trained_model):
     correction = latents.obsm["correction"]
     np.testing.assert_allclose(correction[2], correction[0] + correction[1], rtol=1e-5)
     # an unseen target has no correction of its own: it carries what it borrows from the
-    # training interventions (sccvae._borrowing), which include the shared shift
+    # training interventions (sccvae.model._borrowing), which include the shared shift
     unseen = next(g for g in trained_model.var_names_ if g not in trained_model.targets_)
     latents = trained_model.get_perturbation_latents([unseen], n_cells=20, seed=0)
     sign = float(np.sign(latents.obs["magnitude"].iloc[0]))
@@ -192,7 +192,7 @@ def test_models_saved_without_a_decrease_bound_load_without_one(trained_model):
 
 
 def test_large_screens_get_the_residuals_only_calibration(monkeypatch):
-    import sccvae._calibration as calibration
+    import sccvae.model._calibration as calibration
 
     adata = make_toy_adata()
     SCCVAE.setup_anndata(adata)
@@ -211,7 +211,7 @@ def test_large_screens_get_the_residuals_only_calibration(monkeypatch):
 
 
 def test_residuals_of_a_screen_of_singles_need_no_per_gene_solve(monkeypatch):
-    import sccvae._calibration as calibration
+    import sccvae.model._calibration as calibration
 
     generator = torch.Generator().manual_seed(0)
     weights = torch.zeros(4, 5, dtype=torch.float64)

@@ -23,7 +23,7 @@ def test_cpu_ddp_two_processes(tmp_path):
             sys.path.insert(0, {str(ROOT)!r})
             import scvi
             import sccvae
-            from sccvae._dataloading import PairedPerturbationSampler
+            from sccvae.train._dataloading import PairedPerturbationSampler
             from tests.conftest import make_toy_adata
 
             scvi.settings.seed = 0

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from sccvae import SCCVAE
-from sccvae._interventions import UNSEEN_MAGNITUDE_RULES, choose_unseen_magnitude, unseen_magnitude
-from sccvae._module import saturate
-from sccvae._nodes import select_node_genes
+from sccvae.model._interventions import UNSEEN_MAGNITUDE_RULES, choose_unseen_magnitude, unseen_magnitude
+from sccvae.module._module import saturate
+from sccvae.model._nodes import select_node_genes
 
 from .conftest import make_toy_adata
 

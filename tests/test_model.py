@@ -3,6 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+import torch
 
 import sccvae
 from sccvae import SCCVAE
@@ -344,3 +345,17 @@ def test_small_models_train_on_one_thread_and_restore_the_setting(toy_adata):
     assert seen[-1] == before
     with pytest.raises(ValueError, match="n_threads"):
         model.train(max_epochs=1, n_threads=0)
+
+
+def test_module_options_pass_through_and_unknown_keywords_are_named(toy_adata):
+    SCCVAE.setup_anndata(toy_adata)
+    model = SCCVAE(toy_adata, n_latent=6, n_hidden=16, dropout_rate=0.2, target_temperature=0.5)
+    assert model.module.target_temperature == 0.5
+    dropouts = [m.p for m in model.module.modules() if isinstance(m, torch.nn.Dropout)]
+    assert 0.2 in dropouts
+    assert model.init_params_["kwargs"]["module_kwargs"] == {
+        "dropout_rate": 0.2,
+        "target_temperature": 0.5,
+    }
+    with pytest.raises(TypeError, match=r"\['dropuot_rate'\].*dropout_rate"):
+        SCCVAE(toy_adata, n_latent=6, n_hidden=16, dropuot_rate=0.2)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from sccvae import PairedPerturbationSampler
-from sccvae._dataloading import split_by_perturbation
+from sccvae.train._dataloading import split_by_perturbation
 
 
 def _codes():

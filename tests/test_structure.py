@@ -108,6 +108,33 @@ def test_no_import_circles():
     assert cycle is None, "Import circle: " + " -> ".join(cycle)
 
 
+#: What each layer may not import: the module is pure torch (no training, no AnnData model),
+#: training knows nothing of the model, and nothing below the benchmark imports it.
+FORBIDDEN = {
+    "sccvae.module": ("sccvae.model", "sccvae.train", "sccvae.benchmark", "sccvae.baselines"),
+    "sccvae.train": ("sccvae.model", "sccvae.benchmark", "sccvae.baselines"),
+    "sccvae.model": ("sccvae.benchmark", "sccvae.baselines"),
+}
+
+
+def _inside(name: str, package: str) -> bool:
+    return name == package or name.startswith(package + ".")
+
+
+def test_layers_import_downwards_only():
+    graph = _import_graph()
+    assert any(_inside(name, "sccvae.module") for name in graph)  # the layers exist
+    upward = {
+        (name, imported)
+        for layer, above in FORBIDDEN.items()
+        for name, imports in graph.items()
+        if _inside(name, layer)
+        for imported in imports
+        if any(_inside(imported, package) for package in above)
+    }
+    assert not upward, f"Imports that run up the layers: {sorted(upward)}"
+
+
 def test_no_source_file_over_600_lines():
     lengths = {
         str(path.relative_to(PACKAGE_ROOT.parent)): len(path.read_text().splitlines())

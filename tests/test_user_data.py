@@ -274,7 +274,7 @@ def test_out_of_range_penetrance_and_threshold_are_errors(tiny_model):
 
 
 def test_summary_string_grammar(tiny_model):
-    from sccvae._model import _count
+    from sccvae.model._model import _count
 
     assert _count(1, "node gene") == "1 node gene" and _count(64, "gene node") == "64 gene nodes"
     summary = tiny_model._model_summary_string

@@ -22,14 +22,22 @@ SMALL_MODEL_PARAMETERS = 5_000_000
 #: nodes: the paper's settings, kept for comparison.
 MODEL_DEFAULTS: dict[str, dict[str, float | str]] = {
     "genes": {
-        "n_hidden": 512, "n_layers": 1, "mmd_weight": 0.0, "mean_weight": 10.0,
-        "control_reconstruction_weight": 16.0, "perturbation_encoder": "direction",
+        "n_hidden": 512,
+        "n_layers": 1,
+        "mmd_weight": 0.0,
+        "mean_weight": 10.0,
+        "control_reconstruction_weight": 16.0,
+        "perturbation_encoder": "direction",
     },
     "abstract": {
-        "n_hidden": 512, "n_layers": 2, "mmd_weight": 10.0, "mean_weight": 0.0,
-        "control_reconstruction_weight": 0.25, "perturbation_encoder": "softmax",
+        "n_hidden": 512,
+        "n_layers": 2,
+        "mmd_weight": 10.0,
+        "mean_weight": 0.0,
+        "control_reconstruction_weight": 0.25,
+        "perturbation_encoder": "softmax",
     },
-}  # fmt: skip
+}
 #: Training defaults (:meth:`SCCVAE.train`) per kind of latent nodes.
 #: Optimiser steps the default number of epochs aims at (chosen on validation screens).
 DEFAULT_TRAINING_STEPS = 3000

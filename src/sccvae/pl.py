@@ -171,17 +171,27 @@ def perturbation_modules(
         for i, cat in enumerate(cats):
             rows = np.asarray(categories == cat)
             ax.scatter(
-                coords[rows, 0], coords[rows, 1], s=size, color=colours[i], label=str(cat),
-                edgecolors=edges[rows], linewidths=0.8,
-            )  # fmt: skip
+                coords[rows, 0],
+                coords[rows, 1],
+                s=size,
+                color=colours[i],
+                label=str(cat),
+                edgecolors=edges[rows],
+                linewidths=0.8,
+            )
         ax.legend(
             title=color, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=8
         )
     else:
         points = ax.scatter(
-            coords[:, 0], coords[:, 1], s=size, c=values.to_numpy(float),
-            cmap=palette or "viridis", edgecolors=edges, linewidths=0.8,
-        )  # fmt: skip
+            coords[:, 0],
+            coords[:, 1],
+            s=size,
+            c=values.to_numpy(float),
+            cmap=palette or "viridis",
+            edgecolors=edges,
+            linewidths=0.8,
+        )
         ax.get_figure().colorbar(points, ax=ax, label=color)
     n = modules.n_obs if n_labels is None else min(int(n_labels), modules.n_obs)
     if n > 0:
@@ -485,11 +495,16 @@ def latent_graph(
         sub, pos, ax=ax, node_size=node_size, node_color="#f0f0f0", edgecolors="0.3"
     )
     nx.draw_networkx_edges(
-        sub, pos, ax=ax, edgelist=[(u, v) for u, v, _ in edges],
+        sub,
+        pos,
+        ax=ax,
+        edgelist=[(u, v) for u, v, _ in edges],
         width=list(0.3 + max_width * np.abs(weights) / strongest),
         edge_color=[_POSITIVE if w > 0 else _NEGATIVE for w in weights],
-        arrows=True, arrowsize=10, node_size=node_size,
-    )  # fmt: skip
+        arrows=True,
+        arrowsize=10,
+        node_size=node_size,
+    )
     if with_labels:  # on a light box: readable over the node's outline and the edges
         box = {"boxstyle": "round,pad=0.15", "facecolor": "white", "alpha": 0.8, "lw": 0}
         nx.draw_networkx_labels(sub, pos, ax=ax, font_size=fontsize, bbox=box)

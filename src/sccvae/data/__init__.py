@@ -18,29 +18,41 @@ from sccvae._lazy import lazy_attributes
 _LAZY = {
     **dict.fromkeys(
         [
-            "CONTROL_ALIASES", "from_replogle", "from_scperturb", "norman2019",
-            "perturbench_devel", "recover_counts", "replogle2022_k562_essential",
+            "CONTROL_ALIASES",
+            "from_replogle",
+            "from_scperturb",
+            "norman2019",
+            "perturbench_devel",
+            "recover_counts",
+            "replogle2022_k562_essential",
             "standardize_perturbation_labels",
         ],
         "._datasets",
     ),
     **dict.fromkeys(
         [
-            "DATASETS", "ChecksumMismatchError", "DatasetDownloadError", "RemoteFile",
-            "download_dataset", "get_cache_dir",
+            "DATASETS",
+            "ChecksumMismatchError",
+            "DatasetDownloadError",
+            "RemoteFile",
+            "download_dataset",
+            "get_cache_dir",
         ],
         "._download",
     ),
     **dict.fromkeys(
         [
-            "filter_strong_perturbations", "log_normalize_counts", "normalize",
-            "perturbation_targets", "select_genes",
+            "filter_strong_perturbations",
+            "log_normalize_counts",
+            "normalize",
+            "perturbation_targets",
+            "select_genes",
         ],
         "._preprocessing",
     ),
     "SIMULATION_SCENARIOS": "._scenarios",
     "simulate_perturbseq": "._simulate",
-}  # fmt: skip
+}
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
 
 __all__ = [

@@ -179,8 +179,10 @@ def _verify(path: Path, entry: RemoteFile, name: str, first_download: bool) -> N
             logger.info(
                 "No published checksum for %s: recorded SHA-256 %s in %s; "
                 "later uses are verified against it.",
-                path.name, digests["sha256"], sidecar,
-            )  # fmt: skip
+                path.name,
+                digests["sha256"],
+                sidecar,
+            )
 
 
 def download_dataset(

@@ -23,7 +23,7 @@ gene. Calibration keeps the structure and fits two corrections for each trained 
    out on the flat part of the bound does not pull its targets' residuals.
 
 Both work through the module's **decrease bound** ``B``
-(:meth:`~sccvae._module.SCCVAEModule.saturate`: every predicted decrease is squashed to
+(:meth:`~sccvae.module._module.SCCVAEModule.saturate`: every predicted decrease is squashed to
 ``B tanh(change / B)``), estimated here before training (:func:`estimate_decrease_bound`:
 1.1 times the largest decrease of any gene in any training label, unless trained
 combinations add up better without it) so that the structure is trained through it too and
@@ -43,8 +43,8 @@ import logging
 import numpy as np
 import torch
 
-from ._inputs import dense, registered_expression
-from ._module import saturate
+from .._inputs import dense, registered_expression
+from ..module._module import saturate
 from ._observed import ObservedChanges, observed_changes
 
 logger = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ def calibrate_training_targets(
         combinations of trained targets propagate uncorrected shifts); ``True`` / ``False``
         force one or the other.
     observed
-        The training cells' :func:`~sccvae._observed.observed_changes` when already read
+        The training cells' :func:`~sccvae.model._observed.observed_changes` when already read
         (:meth:`~sccvae.SCCVAE.train` reads them once); read from ``train_idx`` otherwise.
 
     Returns
@@ -125,8 +125,10 @@ def calibrate_training_targets(
             "Calibrating %d training perturbations x %d genes: the large-screen calibration "
             "(residuals from %d control cells, no latent corrections); train(calibrate='full') "
             "forces the full one.",
-            labels.size, module.n_input, LARGE_SCREEN_CELLS,
-        )  # fmt: skip
+            labels.size,
+            module.n_input,
+            LARGE_SCREEN_CELLS,
+        )
         correction_steps, n_cells = 0, min(n_cells, LARGE_SCREEN_CELLS)
     expression = registered_expression(model.adata_manager, model.adata)
     device = model.device
@@ -142,9 +144,18 @@ def calibrate_training_targets(
     # without latent corrections the structure's changes before them are the corrected ones
     before = _structural_changes(module, z, cells, weights) if correction_steps > 0 else None
     corrected, after = _fit_corrections(
-        module, z, cells, weights, observed, trained, ridge,
-        correction_steps, correction_cells, progress, diagnose=full,
-    )  # fmt: skip
+        module,
+        z,
+        cells,
+        weights,
+        observed,
+        trained,
+        ridge,
+        correction_steps,
+        correction_cells,
+        progress,
+        diagnose=full,
+    )
     module.train(was_training)
     before = corrected if before is None else before
     errors = {
@@ -156,8 +167,11 @@ def calibrate_training_targets(
     logger.info(
         "Calibrated %d training perturbations: squared error of mean changes %.4f -> %.4f "
         "(latent corrections) -> %.4f (residuals)",
-        labels.size, errors["before"], errors["corrected"], errors["after"],
-    )  # fmt: skip
+        labels.size,
+        errors["before"],
+        errors["corrected"],
+        errors["after"],
+    )
     return errors
 
 
@@ -189,9 +203,9 @@ def estimate_decrease_bound(
     ``factor`` times the largest decrease of any gene in any training label (log-normalised
     units). If the training labels include combinations whose targets were also trained
     alone, their observed changes decide: the bound is kept only if composing the singles'
-    changes through it (:meth:`~sccvae._module.SCCVAEModule.saturate`) fits the
+    changes through it (:meth:`~sccvae.module._module.SCCVAEModule.saturate`) fits the
     combinations better than adding them; otherwise there is none (``inf``). ``observed``:
-    the training cells' :func:`~sccvae._observed.observed_changes` when already read.
+    the training cells' :func:`~sccvae.model._observed.observed_changes` when already read.
     """
     module = model.module
     if observed is None:
@@ -217,9 +231,18 @@ def estimate_decrease_bound(
 
 
 def _fit_corrections(
-    module, z, cells, weights, observed, trained, ridge, correction_steps,
-    correction_cells, progress=False, diagnose=True,
-) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+    module,
+    z,
+    cells,
+    weights,
+    observed,
+    trained,
+    ridge,
+    correction_steps,
+    correction_cells,
+    progress=False,
+    diagnose=True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Fit the latent corrections, then the residuals, at the module's decrease bound.
 
     Returns the mean changes of the labels after the corrections and after the residuals
@@ -244,25 +267,30 @@ def _fit_corrections(
             slopes.append(_slope(drive.mean(dim=0) + gap, bound))
         corrected = torch.stack(corrected)
         residual = _weighted_ridge(
-            weights.double(), torch.stack(gaps).double(), torch.stack(slopes).double() ** 2,
+            weights.double(),
+            torch.stack(gaps).double(),
+            torch.stack(slopes).double() ** 2,
             ridge,
-        )  # fmt: skip
+        )
         module.target_residual.copy_((residual * trained[:, None]).float())
         after = _structural_changes(module, z, cells, weights, residual=True) if diagnose else None
     return corrected, after
 
 
 def _slope(drive: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
-    """Return the derivative of :func:`~sccvae._module.saturate` at ``drive``."""
+    """Return the derivative of :func:`~sccvae.module._module.saturate` at ``drive``."""
     if not torch.isfinite(bound).any():
         return torch.ones_like(drive)
     return torch.where(drive < 0, 1.0 - torch.tanh(drive / bound) ** 2, torch.ones_like(drive))
 
 
 def _weighted_ridge(
-    weights: torch.Tensor, gaps: torch.Tensor, gene_weights: torch.Tensor, ridge: float,
+    weights: torch.Tensor,
+    gaps: torch.Tensor,
+    gene_weights: torch.Tensor,
+    ridge: float,
     chunk: int = 256,
-) -> torch.Tensor:  # fmt: skip
+) -> torch.Tensor:
     """Residuals (targets x genes) with ``gaps_L ~ sum_t weights_Lt r_t``, gene by gene.
 
     Each label's squared error on a gene is weighted by ``gene_weights`` (labels x genes):
@@ -314,7 +342,7 @@ def _cell_changes(module, z: torch.Tensor, weights: torch.Tensor, residual: bool
 
     The structure's change (decoded shifted cells minus decoded control cells), plus the
     trained targets' residuals with ``residual``; predictions apply
-    :meth:`~sccvae._module.SCCVAEModule.saturate` to it.
+    :meth:`~sccvae.module._module.SCCVAEModule.saturate` to it.
     """
     control = module.standardized_prediction(module.decode(module.scm(z)))
     shifts = module.shift(weights)
@@ -343,7 +371,7 @@ def fitted_gap(
 ) -> torch.Tensor:
     """Gene-wise shift that, added to ``drive``, moves the cells' mean by ``target``.
 
-    Cells move as :meth:`~sccvae._module.SCCVAEModule.realise` moves them, through the
+    Cells move as :meth:`~sccvae.module._module.SCCVAEModule.realise` moves them, through the
     decrease bound and the expression floor (see :func:`_censored_shift`).
     """
     floor = (module.expression_floor - module.gene_center) / module.gene_scale
@@ -400,12 +428,17 @@ def _fit_latent_corrections(
 
 
 def _censored_shift(
-    cells: torch.Tensor, drive: torch.Tensor, base: torch.Tensor, target: torch.Tensor,
-    floor: torch.Tensor, bound: torch.Tensor, max_iterations: int = 60,
-) -> torch.Tensor:  # fmt: skip
+    cells: torch.Tensor,
+    drive: torch.Tensor,
+    base: torch.Tensor,
+    target: torch.Tensor,
+    floor: torch.Tensor,
+    bound: torch.Tensor,
+    max_iterations: int = 60,
+) -> torch.Tensor:
     """Gene-wise shift ``r`` with ``mean(max(cells + h(drive + r), floor)) - base = target``.
 
-    All in standardised units; ``h`` is :func:`~sccvae._module.saturate` at the gene-wise
+    All in standardised units; ``h`` is :func:`~sccvae.module._module.saturate` at the gene-wise
     ``bound`` (finite for all genes, or ``inf`` for all: none). The mean rises
     monotonically with ``r``: a safeguarded Newton iteration finds it (Newton steps while they
     stay inside the bracket and shrink fast enough, bisection otherwise; a handful of steps
@@ -451,9 +484,11 @@ def _censored_shift(
         low = torch.where(gap >= 0, low, x)
         newton = x - gap / slope.clamp_min(1e-12)
         use_newton = (
-            (slope > 0) & (newton > low) & (newton < high)
+            (slope > 0)
+            & (newton > low)
+            & (newton < high)
             & (2 * gap.abs() <= (step_before * slope).abs())
-        )  # fmt: skip
+        )
         following = torch.where(use_newton, newton, (low + high) / 2)
         step_before = following - x
         tolerance = 1e-6 * (1.0 + x.abs())

@@ -22,9 +22,9 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from ._constants import REGISTRY_KEYS
-from ._inputs import dense
-from ._perturbations import canonical_label, perturbation_labels
+from .._constants import REGISTRY_KEYS
+from .._inputs import dense
+from .._perturbations import canonical_label, perturbation_labels
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -83,8 +83,8 @@ class InterpretationMixin:
         ``var_names``: gene names for gene nodes), ``obsm["shift"]`` = ``sum_t c_t a_t`` (the
         targets' own shifts), ``obsm["shared_shift"]`` = ``(sum_t gamma_t) s``,
         ``obsm["correction"]`` = the trained targets' calibrated latent corrections (see
-        :mod:`sccvae._calibration`), and for unseen targets the training interventions they
-        borrow (which carry the shared shift; see :mod:`sccvae._borrowing`),
+        :mod:`sccvae.model._calibration`), and for unseen targets the training interventions they
+        borrow (which carry the shared shift; see :mod:`sccvae.model._borrowing`),
         ``obsm["target_distribution"]`` = the average over the targets of where their own
         shift goes (each node's share of its squared shift; a one-hot row for a node gene),
         ``obsm["decoded_change"]`` = the mean change of the control cells' counterfactuals

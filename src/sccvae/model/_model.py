@@ -16,12 +16,9 @@ from scvi.data.fields import CategoricalObsField, LayerField
 from scvi.model.base import BaseModelClass
 from scvi.train import TrainRunner
 
-from ._borrowing import fit_borrowing
-from ._calibration import calibrate_training_targets, estimate_decrease_bound
-from ._constants import MODEL_DEFAULTS, REGISTRY_KEYS, TRAIN_DEFAULTS
-from ._dataloading import PerturbationDataSplitter
-from ._embedding import build_embedding
-from ._inputs import (
+from .._constants import MODEL_DEFAULTS, REGISTRY_KEYS
+from .._embedding import build_embedding
+from .._inputs import (
     check_expression,
     check_loadable_genes,
     check_setup,
@@ -29,17 +26,19 @@ from ._inputs import (
     registered_expression,
     registered_label_codes,
 )
+from .._perturbations import Targets, parse_perturbation, target_matrix
+from ..module._module import SCCVAEModule
+from ..train._dataloading import PerturbationDataSplitter
+from ..train._quiet import without_notices
+from ..train._training_plan import (
+    SCCVAETrainingPlan,
+)
 from ._interpretation import InterpretationMixin
-from ._interventions import UNSEEN_MAGNITUDE_RULES, fit_unseen_maps
-from ._module import SCCVAEModule
-from ._nodes import gene_nodes, observed_own_changes
-from ._observed import ObservedChanges, observed_changes
-from ._perturbations import Targets, parse_perturbation, target_matrix
+from ._interventions import UNSEEN_MAGNITUDE_RULES
+from ._nodes import choose_latent_nodes, observed_own_changes
 from ._prediction import PredictionMixin
-from ._quiet import without_notices
-from ._reference import check_loadable_labels, check_loaded_data, training_reference
-from ._scm import build_graph_mask
-from ._training_plan import SCCVAETrainingPlan, default_epochs, torch_threads, training_threads
+from ._reference import check_loadable_labels, check_loaded_data
+from ._training import TrainingMixin
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -48,8 +47,11 @@ logger = logging.getLogger(__name__)
 
 MIN_CELLS_PER_PERTURBATION = 10
 
+#: Options of :class:`~sccvae.SCCVAEModule` that ``SCCVAE(**module_kwargs)`` passes through.
+MODULE_OPTIONS = ("n_hidden_perturbation", "dropout_rate", "target_temperature", "linear_decoder")
 
-class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
+
+class SCCVAE(TrainingMixin, PredictionMixin, InterpretationMixin, BaseModelClass):
     """Single-cell causal VAE for seen, unseen and combined genetic perturbations.
 
     Control cells are encoded to exogenous noise ``z``; a perturbation is a shift
@@ -115,10 +117,6 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
         lists). With gene nodes it only serves targets that are not node genes.
     n_embedding_components
         Dimension of the coexpression embedding.
-    n_hidden_perturbation
-        Width of the perturbation encoder's hidden layer.
-    dropout_rate
-        Dropout in encoder and decoder.
     mmd_weight
         ``alpha``: weight of the MMD between predicted and observed perturbed cells.
     control_reconstruction_weight
@@ -128,8 +126,6 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
     mean_weight
         Weight of the squared error between the mean predicted and the mean observed
         perturbed cell of each minibatch.
-    linear_decoder
-        Add a linear map from the nodes to the decoded genes beside the decoder network.
     shared_response
         Learn the shift ``gamma_t s`` shared by all perturbations (a response common to
         them, such as stress); ``False`` leaves each target's own shift alone.
@@ -140,16 +136,20 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
         both ways; the default with gene nodes, chosen on validation cells of Norman 2019).
     unseen_magnitude
         How an unseen node gene's own shift is predicted from the training targets' (see
-        :data:`~sccvae._interventions.UNSEEN_MAGNITUDE_RULES`): ``"auto"`` (default) takes the
-        rule that predicts the training targets best, leave-one-target-out.
+        :data:`~sccvae.model._interventions.UNSEEN_MAGNITUDE_RULES`): ``"auto"`` (default)
+        takes the rule that predicts the training targets best, leave-one-target-out.
     init_magnitude
         Initial shift ``c_t`` of every target. ``None`` (default): a node gene starts from
         its own observed change (standardised) in the registered cells, other targets from 3.
-    target_temperature
-        Temperature of the softmax choosing latent nodes (the reference uses 1).
     seed
         Seed of the graph, the node order, the initial weights and the embedding; defaults
         to ``scvi.settings.seed``.
+    **module_kwargs
+        Options of :class:`~sccvae.SCCVAEModule` passed through (:data:`MODULE_OPTIONS`):
+        ``n_hidden_perturbation`` (width of the perturbation encoder's hidden layer, 128),
+        ``dropout_rate`` (in encoder and decoder, 0), ``target_temperature`` (of the softmax
+        choosing latent nodes, 0.2; the reference uses 1) and ``linear_decoder`` (a linear
+        map from the nodes to the genes beside the decoder network, ``False``).
 
     Examples
     --------
@@ -179,21 +179,24 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
         likelihood: Literal["gaussian", "nb"] = "gaussian",
         perturbation_embedding: str | pd.DataFrame = "coexpression",
         n_embedding_components: int = 50,
-        n_hidden_perturbation: int = 128,
-        dropout_rate: float = 0.0,
         mmd_weight: float | None = None,
         control_reconstruction_weight: float | None = None,
         node_weight: float = 1.0,
         mean_weight: float | None = None,
         init_magnitude: float | None = None,
-        target_temperature: float = 0.2,
-        linear_decoder: bool = False,
         shared_response: bool = True,
         perturbation_encoder: Literal["softmax", "direction"] | None = None,
         unseen_magnitude: Literal["auto", "standardized", "log", "relative"] = "auto",
         seed: int | None = None,
+        **module_kwargs,
     ):
         super().__init__(adata, registry)
+        unknown = sorted(set(module_kwargs) - set(MODULE_OPTIONS))
+        if unknown:
+            raise TypeError(
+                f"SCCVAE got unexpected keyword argument(s) {unknown}: its own options are in "
+                f"its signature, and those it passes to SCCVAEModule are {list(MODULE_OPTIONS)}."
+            )
         if likelihood not in ("gaussian", "nb"):
             raise ValueError(f"likelihood must be 'gaussian' or 'nb', got {likelihood!r}.")
         if latent_nodes not in ("genes", "abstract"):
@@ -240,27 +243,19 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
         floor = check_expression(expression, self._layer_description(), likelihood)
         control, _ = self._control_expression(self.adata)
         control = log_normalize(control) if likelihood == "nb" else control
-        if latent_nodes == "genes":
-            nodes = gene_nodes(
-                self.var_names_,
-                self.targets_,
-                node_genes,
-                n_latent,
-                node_order,
-                graph,
-                graph_density,
-                seed,
-                control,
-            )
-        else:
-            if node_genes is not None:
-                raise ValueError("node_genes needs latent_nodes='genes'.")
-            nodes = (*build_graph_mask(graph, n_latent, graph_density, seed), None, None, None)
-        mask, self.latent_node_names_, node_columns, center, scale = nodes
-        target_nodes = np.full(len(self.targets_), -1)
-        if node_columns is not None:
-            node_of = {self.var_names_[c]: i for i, c in enumerate(node_columns)}
-            target_nodes = np.array([node_of.get(t, -1) for t in self.targets_])
+        nodes = choose_latent_nodes(
+            latent_nodes,
+            self.var_names_,
+            self.targets_,
+            node_genes,
+            n_latent,
+            node_order,
+            graph,
+            graph_density,
+            seed,
+            control,
+        )
+        mask, self.latent_node_names_, target_nodes = nodes.mask, nodes.names, nodes.target_nodes
         self.gene_embedding_ = build_embedding(
             perturbation_embedding,
             self.targets_,
@@ -275,9 +270,16 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
         else:
             codes = registered_label_codes(self.adata_manager)
             magnitude = observed_own_changes(
-                expression, codes, parsed, self.targets_, target_nodes, self.var_names_,
-                center, scale, counts=likelihood == "nb",
-            )  # fmt: skip
+                expression,
+                codes,
+                parsed,
+                self.targets_,
+                target_nodes,
+                self.var_names_,
+                nodes.center,
+                nodes.scale,
+                counts=likelihood == "nb",
+            )
         # Initial weights come from `seed` without touching the caller's global torch RNG.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -288,22 +290,19 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
                 target_embedding=self.gene_embedding_.reindex(self.targets_)
                 .fillna(0.0)
                 .to_numpy(np.float32),
-                node_genes=node_columns,
+                node_genes=nodes.columns,
                 target_nodes=target_nodes,
-                gene_center=center,
-                gene_scale=scale,
+                gene_center=nodes.center,
+                gene_scale=nodes.scale,
                 initial_magnitude=magnitude,
                 n_hidden=n_hidden,
                 n_layers=n_layers,
-                n_hidden_perturbation=n_hidden_perturbation,
-                dropout_rate=dropout_rate,
                 likelihood=likelihood,
                 mmd_weight=mmd_weight,
                 control_reconstruction_weight=control_reconstruction_weight,
                 node_weight=node_weight,
                 mean_weight=mean_weight,
-                target_temperature=target_temperature,
-                linear_decoder=linear_decoder,
+                **module_kwargs,
                 shared_response=shared_response,
                 perturbation_encoder=perturbation_encoder,
                 expression_floor=floor,
@@ -353,9 +352,14 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
         """
         setup_method_args = cls._get_setup_method_args(**locals())
         check_setup(
-            adata, perturbation_key, control_label, layer, combination_delimiter,
-            min_cells=MIN_CELLS_PER_PERTURBATION, stacklevel=settings.warnings_stacklevel,
-        )  # fmt: skip
+            adata,
+            perturbation_key,
+            control_label,
+            layer,
+            combination_delimiter,
+            min_cells=MIN_CELLS_PER_PERTURBATION,
+            stacklevel=settings.warnings_stacklevel,
+        )
         anndata_fields = [
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=False),
             CategoricalObsField(REGISTRY_KEYS.PERTURBATION_KEY, perturbation_key),
@@ -379,7 +383,7 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
         Predictions start from the control cells of the AnnData the model is loaded onto.
         When they differ from the training control cells (another cell type, another screen
         with the same genes) a UserWarning says so, naming the training labels ``adata``
-        lacks (see :func:`sccvae._reference.check_loaded_data`); the training data or a
+        lacks (see :func:`sccvae.model._reference.check_loaded_data`); the training data or a
         subset of it (e.g. its control cells alone) loads silently. Models saved before the
         training reference existed are not compared.
 
@@ -402,181 +406,6 @@ class SCCVAE(PredictionMixin, InterpretationMixin, BaseModelClass):
         if adata is not None:
             check_loaded_data(model, adata)
         return model
-
-    # ------------------------------------------------------------------ train
-    def train(
-        self,
-        max_epochs: int | None = None,
-        accelerator: str = "auto",
-        devices: int | list[int] | str = "auto",
-        train_size: float = 0.9,
-        batch_size: int | None = None,
-        early_stopping: bool = False,
-        train_indices: Sequence[int] | None = None,
-        validation_indices: Sequence[int] | None = None,
-        plan_kwargs: dict | None = None,
-        datasplitter_kwargs: dict | None = None,
-        n_threads: int | Literal["auto"] | None = "auto",
-        calibrate: bool | Literal["full"] = True,
-        **trainer_kwargs,
-    ):
-        """Train the model on paired minibatches (one perturbation + as many control cells).
-
-        Parameters
-        ----------
-        max_epochs
-            Passes over the perturbed training cells. ``None`` (default): as many as give
-            about :data:`DEFAULT_TRAINING_STEPS` optimiser steps (between 10 and 500 epochs),
-            so that small and large screens are trained alike.
-        accelerator, devices
-            Lightning settings; ``"auto"`` uses a GPU when there is one. For several GPUs in
-            a script: ``accelerator="gpu", devices=N, strategy="ddp_find_unused_parameters_true"``.
-        train_size
-            Fraction of every perturbation's cells (and of control cells) used for training;
-            the rest is validation data. Ignored when ``train_indices`` is given.
-        batch_size
-            Perturbed cells per minibatch (plus as many control cells); ``None``: 64 with gene
-            nodes, 32 (the paper's) with abstract nodes.
-        early_stopping
-            Stop when ``early_stopping_monitor`` (default ``"validation_loss"``) stops
-            improving; pass ``early_stopping_patience`` etc. as keyword arguments.
-        train_indices, validation_indices
-            Explicit positions of training / validation cells (e.g. a benchmark split). All
-            control cells the model may use must be among ``train_indices``.
-        plan_kwargs
-            Passed to :class:`~sccvae.SCCVAETrainingPlan` (``lr``, ``n_epochs_kl_warmup``,
-            ``max_kl_weight``, ...). Defaults: ``lr=2e-3, max_kl_weight=0.1`` with gene nodes,
-            ``lr=1e-3, max_kl_weight=1`` with abstract nodes; the KL warm-up spans training.
-        datasplitter_kwargs
-            Passed to the data loaders (``num_workers``, ``pin_memory``, ...).
-        n_threads
-            CPU threads of torch while training (set back afterwards). ``"auto"`` (default):
-            one thread for a model under :data:`SMALL_MODEL_PARAMETERS` parameters trained on
-            the CPU, where one thread is as fast on an idle machine and up to 30x faster on
-            a busy one (see the benchmarks page); torch's setting otherwise. ``None`` leaves
-            torch's setting as it is; a number sets it.
-        calibrate
-            After training, fit each trained target's corrections: what the latent structure
-            does not explain of the mean change of its training cells (see
-            :mod:`sccvae._calibration`), so that trained perturbations are reproduced and
-            combinations add their residuals to the structure's prediction. Training then
-            starts by estimating the decrease bound (:meth:`~sccvae.SCCVAEModule.saturate`).
-            ``True`` (default) is the full calibration up to 2 million trained labels x genes
-            and a cheaper one beyond (residuals only: no latent corrections, 64 control
-            cells); ``"full"`` forces the full one; ``False``: neither, the structure alone.
-        **trainer_kwargs
-            Passed to :class:`scvi.train.Trainer` / Lightning.
-        """
-        if calibrate not in (True, False, "full"):
-            raise ValueError(f"calibrate must be True, False or 'full', got {calibrate!r}.")
-        if max_epochs is not None and (isinstance(max_epochs, bool) or int(max_epochs) < 1):
-            raise ValueError(
-                f"max_epochs must be a positive number of epochs (or None for the default), got "
-                f"{max_epochs!r}."
-            )
-        defaults = TRAIN_DEFAULTS[self.latent_nodes_]
-        batch_size = int(defaults["batch_size"] if batch_size is None else batch_size)
-        plan_kwargs = dict(plan_kwargs or {})
-        plan_kwargs.setdefault("lr", defaults["lr"])
-        plan_kwargs.setdefault("max_kl_weight", defaults["max_kl_weight"])
-        codes = registered_label_codes(self.adata_manager)
-        is_control = self.module.label_is_control.cpu().numpy()[codes]
-        external = None
-        if train_indices is not None:
-            validation = validation_indices if validation_indices is not None else []
-            external = [np.asarray(train_indices, dtype=int), np.asarray(validation, dtype=int)]
-        elif validation_indices is not None:
-            raise ValueError("validation_indices needs train_indices as well.")
-        data_splitter = self._data_splitter_cls(
-            self.adata_manager,
-            perturbation_codes=codes,
-            is_control=is_control,
-            train_size=train_size,
-            batch_size=batch_size,
-            seed=self.seed_,
-            external_indexing=external,
-            **(datasplitter_kwargs or {}),
-        )
-        if max_epochs is None:
-            max_epochs = default_epochs(data_splitter.batches_per_epoch())
-        plan_kwargs.setdefault("n_epochs_kl_warmup", max_epochs)
-        # training perturbations must not bypass the structure while it learns
-        self.module.clear_calibration()
-        training_plan = self._training_plan_cls(self.module, **plan_kwargs)
-        # read once: the decrease bound, the calibration and the borrowing all start from it
-        observed = observed_changes(self, data_splitter.train_idx)
-        if calibrate:  # trained through the bound, the structure learns unsaturated changes
-            bound = estimate_decrease_bound(self, data_splitter.train_idx, observed=observed)
-            self.module.decrease_bound.fill_(bound)
-        trainer_kwargs.setdefault("gradient_clip_val", 1.0)
-        trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
-        if data_splitter.n_val > 0:
-            trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
-        elif early_stopping:
-            raise ValueError(
-                "early_stopping needs validation cells: train_size < 1 or validation_indices."
-            )
-        with without_notices():  # Lightning announces devices and loggers as the trainer is built
-            runner = self._train_runner_cls(
-                self,
-                training_plan=training_plan,
-                data_splitter=data_splitter,
-                max_epochs=max_epochs,
-                accelerator=accelerator,
-                devices=devices,
-                early_stopping=early_stopping,
-                **trainer_kwargs,
-            )
-        # The posterior samples drawn while training come from torch's global generator:
-        # seed it from the model's seed (restored afterwards), so that a run is reproducible
-        # across processes without the caller setting scvi.settings.seed.
-        cuda_devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-        threads = training_threads(n_threads, runner.trainer.accelerator, self.module)
-        with (
-            torch.random.fork_rng(devices=cuda_devices),
-            without_notices(),
-            torch_threads(threads),
-        ):
-            torch.manual_seed(self.seed_)
-            result = runner()
-            observed = observed.to(self.device)
-            if calibrate:  # a progress bar as the trainer's, for a step that takes a while
-                self.calibration_ = calibrate_training_targets(
-                    self, data_splitter.train_idx, seed=self.seed_,
-                    progress=trainer_kwargs.get("enable_progress_bar", True),
-                    full=True if calibrate == "full" else None, observed=observed,
-                )  # fmt: skip
-        self._fit_unseen_maps(observed)
-        # what predictions and later loads are compared with (saved with the model)
-        self.training_reference_ = training_reference(self, data_splitter.train_idx)
-        return result
-
-    def fit_unseen_maps(self, train_indices: Sequence[int] | None = None) -> None:
-        """Fit how targets absent from training get their shift, from the training targets only.
-
-        Node genes: the rule of :data:`~sccvae._interventions.UNSEEN_MAGNITUDE_RULES` that
-        predicts the training node genes' ``c_t`` best leave-one-target-out
-        (:attr:`unseen_magnitude_` unless given, every rule's error in
-        :attr:`unseen_magnitude_errors_`); other targets: a ridge map from their embedding
-        (:func:`sccvae._interventions.fit_unseen_maps`). Called at the end of :meth:`train`;
-        never uses the cells of the perturbation being predicted.
-        """
-        rows = np.arange(self.adata.n_obs) if train_indices is None else train_indices
-        self._fit_unseen_maps(observed_changes(self, np.asarray(rows)))
-
-    def _fit_unseen_maps(self, observed: ObservedChanges) -> None:
-        rule, self.unseen_magnitude_errors_ = fit_unseen_maps(self.module)
-        if rule is not None and self._unseen_magnitude == "auto":
-            self.unseen_magnitude_ = rule
-        codes = torch.as_tensor(observed.labels, dtype=torch.long, device=self.device)
-        columns = self._label_columns(codes)
-        control = self._log_expression(observed.control_rows)
-        borrowing = fit_borrowing(
-            self.module, codes, observed.observed, observed.significance, columns, control
-        )
-        self.borrowing_temperature_ = borrowing.temperature
-        self.propagation_weight_ = borrowing.propagation
-        self.borrowing_scores_ = {f"{t},{a}": v for (t, a), v in borrowing.scores.items()}
 
     # ------------------------------------------------------------------ helpers
     @staticmethod

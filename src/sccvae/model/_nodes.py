@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 
-from ._inputs import dense
-from ._scm import build_graph_mask
+from .._inputs import dense
+from ..module._scm import build_graph_mask
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +77,10 @@ def select_node_genes(
     if len(required) > n_latent:
         logger.info(
             "%d genes must be latent nodes (targets), more than n_latent=%d: using %d nodes.",
-            len(required), n_latent, n_nodes,
-        )  # fmt: skip
+            len(required),
+            n_latent,
+            n_nodes,
+        )
     chosen = required + others[: n_nodes - len(required)]
     if order == "variance":
         chosen = [g for g in by_variance if g in set(chosen)]
@@ -86,6 +89,50 @@ def select_node_genes(
     missing = [g for g in chosen if g not in position]
     assert not missing, missing
     return chosen
+
+
+@dataclass(frozen=True)
+class LatentNodes:
+    """The latent nodes of a model and where its training targets sit on them.
+
+    Attributes
+    ----------
+    mask
+        The graph mask over the nodes (strictly upper triangular, nodes in topological order).
+    names
+        The nodes' names in that order.
+    columns
+        With gene nodes, the gene column each node stands for; ``None`` with abstract nodes.
+    center, scale
+        With gene nodes, every gene's control mean and standard deviation (at least
+        :data:`MIN_SCALE`); ``None`` with abstract nodes.
+    target_nodes
+        The node of each training target, -1 for a target without one.
+    """
+
+    mask: np.ndarray
+    names: list[str]
+    columns: np.ndarray | None
+    center: np.ndarray | None
+    scale: np.ndarray | None
+    target_nodes: np.ndarray
+
+
+def choose_latent_nodes(
+    kind, genes, targets, node_genes, n_latent, node_order, graph, density, seed, control
+) -> LatentNodes:
+    """Choose the latent nodes: gene nodes (``kind="genes"``) or abstract ones."""
+    if kind == "genes":
+        mask, names, columns, center, scale = gene_nodes(
+            genes, targets, node_genes, n_latent, node_order, graph, density, seed, control
+        )
+        node_of = {genes[c]: i for i, c in enumerate(columns)}
+        target_nodes = np.array([node_of.get(t, -1) for t in targets])
+        return LatentNodes(mask, names, columns, center, scale, target_nodes)
+    if node_genes is not None:
+        raise ValueError("node_genes needs latent_nodes='genes'.")
+    mask, names = build_graph_mask(graph, n_latent, density, seed)
+    return LatentNodes(mask, names, None, None, None, np.full(len(targets), -1))
 
 
 def gene_nodes(genes, targets, node_genes, n_latent, node_order, graph, density, seed, control):

@@ -1,7 +1,7 @@
 """What the training cells show: each label's observed mean change, read in row chunks.
 
-The calibration (:mod:`sccvae._calibration`), the decrease bound and what unseen targets
-borrow (:mod:`sccvae._borrowing`) all start from the standardised mean change of every
+The calibration (:mod:`sccvae.model._calibration`), the decrease bound and what unseen targets
+borrow (:mod:`sccvae.model._borrowing`) all start from the standardised mean change of every
 training label against the training control cells. They are read in one pass over the
 training cells, :data:`~sccvae._inputs.CHUNK` rows at a time, so that a genome-scale screen
 (thousands of labels, hundreds of thousands of cells) never needs its expression in memory
@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from ._inputs import CHUNK, dense, registered_expression, registered_label_codes
+from .._inputs import CHUNK, dense, registered_expression, registered_label_codes
 
 
 @dataclass(frozen=True)

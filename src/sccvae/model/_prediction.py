@@ -12,11 +12,11 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
+from .._inputs import CHUNK, check_model_genes, dense, log_normalize, registered_expression
+from .._perturbations import canonical, check_control_label, perturbation_labels
 from ._borrowing import borrowing_weights, control_signatures, similarities
 from ._calibration import fitted_gap, reference_cells
-from ._inputs import CHUNK, check_model_genes, dense, log_normalize, registered_expression
 from ._interventions import Intervention, unseen_magnitude
-from ._perturbations import canonical, check_control_label, perturbation_labels
 from ._reference import flag_extrapolation
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class PredictionMixin:
             its cells): a node gene shifts its own node by the typical training shift, a
             measured gene that is not a node shifts the nodes that carry its variation, an
             embedded target takes the perturbation encoder's choice of nodes (see
-            :mod:`sccvae._interventions`). The control label gives the model's
+            :mod:`sccvae.model._interventions`). The control label gives the model's
             reconstruction of unperturbed cells.
         n_cells
             Cells per perturbation.
@@ -90,7 +90,7 @@ class PredictionMixin:
         mean change is larger than that of any training perturbation, or when a gene's
         predicted mean leaves the range of that gene in the training cells: no observed
         perturbation supports such a prediction. It is flagged in ``obs["extrapolated"]``
-        and a UserWarning names it (see :mod:`sccvae._reference`); the prediction itself is
+        and a UserWarning names it (see :mod:`sccvae.model._reference`); the prediction itself is
         returned as the model makes it.
 
         Warns
@@ -122,9 +122,13 @@ class PredictionMixin:
                 )
             )
         extrapolated = flag_extrapolation(
-            self, requested, perturbations, torch.stack(means),
-            self.module.log_expression(x).mean(dim=0), self._training_perturbations(),
-        )  # fmt: skip
+            self,
+            requested,
+            perturbations,
+            torch.stack(means),
+            self.module.log_expression(x).mean(dim=0),
+            self._training_perturbations(),
+        )
         for frame, flag in zip(obs, extrapolated, strict=True):
             frame.insert(3, "extrapolated", flag)
         return self._cells_to_anndata(blocks, pd.concat(obs), return_mean, self.perturbation_key_)
@@ -369,7 +373,7 @@ class PredictionMixin:
         """Latent shift and residual each unseen target borrows from the training labels.
 
         Measured genes weigh the training interventions by the similarity of their changes
-        to the gene's signed coexpression signature (:mod:`sccvae._borrowing`); other targets
+        to the gene's signed coexpression signature (:mod:`sccvae.model._borrowing`); other targets
         borrow their plain mean.
         """
         module = self.module

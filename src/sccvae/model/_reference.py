@@ -30,9 +30,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ._constants import REGISTRY_KEYS
-from ._inputs import CHUNK, dense, registered_expression, registered_label_codes
-from ._perturbations import parse_perturbation, perturbation_labels
+from .._constants import REGISTRY_KEYS
+from .._inputs import CHUNK, dense, registered_expression, registered_label_codes
+from .._perturbations import parse_perturbation, perturbation_labels
 
 #: Root mean square over genes of the difference between two control means, in control
 #: standard deviations (the model's gene scale), above which :func:`check_loaded_data` says

@@ -12,7 +12,7 @@ from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from scvi.nn import Encoder, FCLayers
 from torch import nn
 
-from ._constants import MODEL_DEFAULTS, REGISTRY_KEYS
+from .._constants import MODEL_DEFAULTS, REGISTRY_KEYS
 from ._losses import NB_SCALE_FACTOR, expected_counts, negative_binomial_nll, sccvae_loss
 from ._scm import LatentSCM
 
@@ -202,7 +202,7 @@ class SCCVAEModule(BaseModuleClass):
         self.shared_strength = nn.Parameter(torch.ones(n_targets), requires_grad=shared_response)
         # what the latent structure does not explain of a trained target's effect, on the
         # standardised genes: zero while training (training perturbations must not bypass the
-        # structure that unseen ones rely on), fitted after it (sccvae._calibration); unseen
+        # structure that unseen ones rely on), fitted after it (sccvae.model._calibration); unseen
         # targets have none
         self.register_buffer("target_residual", torch.zeros(n_targets, n_input))
         # the latent shift a trained target's own shift lacks to reproduce its effect through
@@ -210,7 +210,7 @@ class SCCVAEModule(BaseModuleClass):
         # propagates (and interacts) from where its singles really are
         self.register_buffer("target_correction", torch.zeros(n_targets, n_latent))
         # observed mean change of every training label (standardised), for what unseen
-        # targets borrow from the training interventions (sccvae._borrowing)
+        # targets borrow from the training interventions (sccvae.model._borrowing)
         self.register_buffer("label_changes", torch.zeros(len(label_targets), n_input))
         self.register_buffer("label_observed", torch.zeros(len(label_targets), dtype=torch.bool))
         self.register_buffer("label_significance", torch.zeros(len(label_targets), n_input))
@@ -276,7 +276,7 @@ class SCCVAEModule(BaseModuleClass):
 
     @torch.no_grad()
     def clear_calibration(self) -> None:
-        """Undo what was fitted to the training perturbations (sccvae._calibration).
+        """Undo what was fitted to the training perturbations (sccvae.model._calibration).
 
         Zero the trained targets' residuals and latent corrections; remove the decrease bound
         (a new training run estimates it again).
@@ -340,7 +340,7 @@ class SCCVAEModule(BaseModuleClass):
         ``target_weights`` is cells (or perturbations) x targets; ``targets`` describes its
         columns with the keys ``node`` (node of a node-gene target, else -1),
         ``embedding``, ``magnitude`` (``c_t``), ``shared_strength`` (``gamma_t``) and
-        optionally ``profile`` (``a_t``, see :mod:`sccvae._interventions`) and
+        optionally ``profile`` (``a_t``, see :mod:`sccvae.model._interventions`) and
         ``correction`` (a trained target's calibrated latent correction); the training
         targets if ``None``. Pass another description to intervene on any targets
         (e.g. unseen genes) or to scale a knock-down.

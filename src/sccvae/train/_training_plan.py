@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from scvi.train import TrainingPlan
 
-from ._constants import DEFAULT_TRAINING_STEPS, SMALL_MODEL_PARAMETERS, TRAIN_DEFAULTS
+from .._constants import DEFAULT_TRAINING_STEPS, SMALL_MODEL_PARAMETERS, TRAIN_DEFAULTS
 
 logger = logging.getLogger(__name__)
 
@@ -98,9 +98,13 @@ class SCCVAETrainingPlan(TrainingPlan):
         weight = self._epoch_weights.pop(mode, 0)
         for name, total in sums.items():
             self.log(
-                name, total / max(weight, 1), on_step=False, on_epoch=True,
-                prog_bar=name in ("train_loss", "validation_loss"), sync_dist=self.use_sync_dist,
-            )  # fmt: skip
+                name,
+                total / max(weight, 1),
+                on_step=False,
+                on_epoch=True,
+                prog_bar=name in ("train_loss", "validation_loss"),
+                sync_dist=self.use_sync_dist,
+            )
 
     def _loss_step(self, batch, mode: str):
         """Loss of one paired minibatch with the current KL weight; records every term."""
