@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     import scvi
 
     import sccvae
-    from sccvae.model._interpretation import (
+    from sccvae.model._functional_modules import (
         module_recovery_score,
         perturbation_modules,
         pseudobulk_modules,

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from sccvae import SCCVAE, SCCVAETrainingPlan
-from sccvae.model._calibration import _censored_shift, estimate_decrease_bound
+from sccvae.model._calibration import estimate_decrease_bound
+from sccvae.model._gap import _censored_shift
 from sccvae.module._module import saturate
 
 from .conftest import make_toy_adata

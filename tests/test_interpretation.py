@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 import sccvae
-from sccvae.model._interpretation import module_recovery_score, perturbation_modules, pseudobulk_modules
+from sccvae.model._functional_modules import module_recovery_score, perturbation_modules, pseudobulk_modules
 
 
 @pytest.fixture(scope="module")

@@ -67,7 +67,7 @@ def test_perturbation_modules_plot(tmp_path):
 
 
 def test_perturbation_modules_plot_from_model(small_model, tmp_path):
-    from sccvae.model._interpretation import perturbation_modules
+    from sccvae.model._functional_modules import perturbation_modules
 
     _, model = small_model
     modules = perturbation_modules(model, n_cells=20, n_neighbors=3)

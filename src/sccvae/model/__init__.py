@@ -1,9 +1,10 @@
 """The AnnData-facing model: :class:`SCCVAE`, what it predicts and how it explains it.
 
-``_model`` (the class: set-up, training, saving), ``_prediction`` and ``_interpretation``
-(its mixins), what ``train`` fits after the optimiser (``_observed``, ``_calibration``,
-``_borrowing``, ``_interventions``), the gene nodes (``_nodes``) and what a model remembers
-of its training cells (``_reference``). Imported on first use, as ``sccvae`` is.
+``_model`` (the class: set-up, saving, loading) and its mixins: ``_training`` (``train``),
+``_prediction``, ``_interventions`` (labels to shift interventions) and ``_interpretation``;
+what ``train`` fits after the optimiser (``_observed``, ``_calibration``, ``_borrowing``),
+the gene nodes (``_nodes``), functional modules (``_functional_modules``) and what a model
+remembers of its training cells (``_reference``). Imported on first use, as ``sccvae`` is.
 """
 
 from sccvae._lazy import lazy_attributes

@@ -13,7 +13,12 @@ values; a target absent from training by values predicted from the training targ
 - any **other embedded target** (e.g. an unmeasured gene with a user embedding) takes the
   perturbation encoder's profile over nodes (softmax or signed direction) and a magnitude
   from a ridge map of the embedding fitted on the training targets;
-- every target adds the shared shift with the mean training strength ``gamma``.
+- every target adds the shared shift with the mean training strength ``gamma``; with
+  observed training labels, an unseen target instead borrows a weighted mean of the
+  training interventions (:mod:`sccvae.model._borrowing`) whose decoded change is pinned to
+  the same weighting of their observed changes.
+
+:class:`InterventionMixin` builds them for :class:`~sccvae.SCCVAE` from perturbation labels.
 """
 
 from __future__ import annotations
@@ -23,6 +28,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from .._inputs import dense, log_normalize, registered_expression
+from ._borrowing import borrowing_weights, control_signatures, similarities
+from ._gap import fitted_gap, reference_cells
 
 #: How the own-node shift ``c`` of an unseen node gene is predicted from the training
 #: targets' ``c`` (standardised units):
@@ -185,3 +194,221 @@ def ridge_loo(x: torch.Tensor, y: torch.Tensor, penalties: Sequence[float]):
             best = (loo, penalty, xc.T @ (inverse @ yc))
     _, penalty, coef = best
     return penalty, coef, mean_y - mean_x @ coef
+
+
+class InterventionMixin:
+    """How :class:`~sccvae.SCCVAE` turns perturbation labels into an :class:`Intervention`."""
+
+    def _intervention(self, perturbations: Sequence[str]) -> Intervention:
+        """Describe ``perturbations`` (labels) as a shift intervention of the module.
+
+        Raises a ValueError naming every target that cannot be represented and the fix.
+        """
+        parsed = [self._parse(label) for label in perturbations]
+        names = sorted({t for targets in parsed for t in targets})
+        module, device = self.module, self.device
+        seen = {t: i for i, t in enumerate(self.targets_)}
+        node_of = (
+            {g: i for i, g in enumerate(self.latent_node_names_)}
+            if self.latent_nodes_ == "genes"
+            else {}
+        )
+        measured = set(self.var_names_)
+        embedded = set(self.gene_embedding_.index)
+        # with gene nodes any measured gene can be represented; abstract nodes need an embedding
+        representable = embedded | (
+            set(node_of) | measured if self.latent_nodes_ == "genes" else set()
+        )
+        unknown = [t for t in names if t not in seen and t not in representable]
+        if unknown:
+            raise ValueError(
+                f"Cannot represent perturbation target(s) {unknown}: {self._unknown_hint()}."
+            )
+
+        n = len(names)
+        column_of = {t: i for i, t in enumerate(names)}
+        with torch.no_grad():
+            embedding = torch.as_tensor(
+                self.gene_embedding_.reindex(names).fillna(0.0).to_numpy(np.float32), device=device
+            )
+            targets = {
+                "node": torch.full((n,), -1, dtype=torch.long, device=device),
+                "embedding": embedding,
+                "magnitude": module.predicted_magnitude(embedding),
+                "shared_strength": module.shared_strength.detach().mean().expand(n).clone(),
+                "residual": torch.zeros(n, module.n_input, device=device),
+                "correction": torch.zeros(n, module.n_latent, device=device),
+            }
+            for t in names:
+                if t not in seen and t in node_of:
+                    targets["node"][column_of[t]] = node_of[t]
+            # a trained target is described exactly as the module describes it in training
+            trained = [(column_of[t], seen[t]) for t in names if t in seen]
+            if trained:
+                columns, rows = (
+                    torch.as_tensor(v, device=device) for v in zip(*trained, strict=True)
+                )
+                for key, value in module.training_targets().items():
+                    targets[key][columns] = value.detach()[rows]
+            nodes, magnitude = targets["node"], targets["magnitude"]
+            profile = module.target_profile(nodes, embedding)
+            new_nodes = [t for t in names if t not in seen and t in node_of]
+            proxies = [
+                t
+                for t in names
+                if t not in seen
+                and t not in node_of
+                and self.latent_nodes_ == "genes"
+                and t in measured
+            ]
+            if new_nodes or proxies:
+                column = {g: i for i, g in enumerate(self.var_names_)}
+                genes = [column[t] for t in new_nodes + proxies]
+                values = self._unseen_node_magnitudes(genes)
+                for t, value in zip(new_nodes + proxies, values, strict=True):
+                    magnitude[column_of[t]] = float(value)
+            if proxies:
+                directions = self._proxy_directions([column[t] for t in proxies])
+                for t, direction in zip(proxies, directions, strict=True):
+                    profile[column_of[t]] = direction
+            targets["profile"] = profile
+            targets["propagation"] = torch.ones(n, device=device)
+            unseen = [t for t in names if t not in seen]
+            if unseen and module.label_observed.any():
+                signs = [float(np.sign(magnitude[column_of[t]].item()) or -1.0) for t in unseen]
+                shifts, residuals = self._borrowed_interventions(unseen, signs)
+                rows = torch.as_tensor([column_of[t] for t in unseen], device=device)
+                targets["correction"][rows] = shifts
+                targets["residual"][rows] = residuals
+                targets["shared_strength"][rows] = 0.0
+            for t in new_nodes:
+                targets["propagation"][column_of[t]] = self.propagation_weight_
+        weights = torch.zeros(len(parsed), n, device=device)
+        for row, target_set in enumerate(parsed):
+            weights[row, [column_of[t] for t in target_set]] = 1.0
+        all_seen = [all(t in seen for t in target_set) for target_set in parsed]
+        return Intervention(weights, targets, all_seen, names)
+
+    def _unknown_hint(self) -> str:
+        if list(self.gene_embedding_.columns) == self.targets_:
+            return (
+                "one-hot embeddings only know the training targets; use perturbation_embedding="
+                "'coexpression' (measured genes) or a DataFrame of gene embeddings"
+            )
+        return (
+            "they are neither measured genes nor rows of the perturbation embedding; pass "
+            "perturbation_embedding=DataFrame with these genes when building the model"
+        )
+
+    def _unseen_node_magnitudes(self, genes: Sequence[int]) -> np.ndarray:
+        """Own-node shift ``c`` of genes absent from training, by :attr:`unseen_magnitude_`."""
+        module = self.module
+        nodes = module.target_nodes.cpu().numpy()
+        center, scale = module.gene_center.cpu().numpy(), module.gene_scale.cpu().numpy()
+        trained = nodes >= 0
+        if not trained.any():
+            return np.full(len(genes), float(module.magnitude.detach().mean()))
+        node_genes = module.node_genes.cpu().numpy()[nodes[trained]]
+        return unseen_magnitude(
+            self.unseen_magnitude_,
+            module.magnitude.detach().cpu().numpy()[trained],
+            center[node_genes],
+            scale[node_genes],
+            center[np.asarray(genes)],
+            scale[np.asarray(genes)],
+        )
+
+    @torch.no_grad()
+    def _borrowed_interventions(
+        self, targets: Sequence[str], signs: Sequence[float]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latent shift and residual each unseen target borrows from the training labels.
+
+        Measured genes weigh the training interventions by the similarity of their changes
+        to the gene's signed coexpression signature (:mod:`sccvae.model._borrowing`); other targets
+        borrow their plain mean.
+        """
+        module = self.module
+        rows = torch.nonzero(module.label_observed).ravel()
+        label_targets = module.label_targets[rows]
+        # what a training label did to the other genes: its node-gene targets' own shifts
+        # and their own genes' changes are not borrowed
+        trained = module.training_targets()
+        own = module.target_shifts(trained) * (trained["node"] >= 0)[:, None]
+        label_shifts = module.shift(label_targets) - label_targets @ own
+        label_columns = self._label_columns(rows)
+        changes = module.label_changes[rows].clone()
+        for row, columns in enumerate(label_columns):
+            changes[row, columns] = 0.0
+        weights = np.full((len(targets), rows.numel()), 1.0 / rows.numel())
+        column = {g: i for i, g in enumerate(self.var_names_)}
+        measured = [i for i, t in enumerate(targets) if t in column]
+        if measured and np.isfinite(self.borrowing_temperature_):
+            control = self._log_expression()
+            columns = [column[targets[i]] for i in measured]
+            signatures = control_signatures(control, columns) * np.asarray(signs)[measured, None]
+            significance = module.label_significance[rows].cpu().numpy()
+            similarity = similarities(signatures, columns, significance, label_columns)
+            weights[measured] = borrowing_weights(similarity, self.borrowing_temperature_)
+        weights = torch.as_tensor(weights, dtype=torch.float32, device=self.device)
+        shifts = weights @ label_shifts
+        return shifts, self._pinned_residuals(shifts, weights @ changes)
+
+    def _pinned_residuals(
+        self, shifts: torch.Tensor, wanted: torch.Tensor, n_cells: int = 256
+    ) -> torch.Tensor:
+        """Gene residuals that make each latent shift's mean change the ``wanted`` one.
+
+        On a seeded draw of training control cells (as the calibration uses), the change the
+        structure predicts for each shift is completed by the gene-wise shift that brings its
+        mean, saturated and clipped at the expression floor, to ``wanted`` (standardised).
+        """
+        module = self.module
+        control, _ = self._control_expression(self.adata)
+        rows = np.arange(control.shape[0])
+        z, cells = reference_cells(module, control, rows, n_cells, self.seed_)
+        reference = module.standardized_prediction(module.decode(module.scm(z)))
+        residuals = []
+        for shift, target in zip(shifts, wanted, strict=True):
+            shifted = module.decode(module.scm(z, shift.expand_as(z)))
+            drive = module.standardized_prediction(shifted) - reference
+            residuals.append(fitted_gap(module, cells, drive, target))
+        return torch.stack(residuals)
+
+    def _label_columns(self, rows: torch.Tensor) -> list[list[int]]:
+        """Return the measured genes (columns) that each registered label of ``rows`` targets."""
+        column = {g: i for i, g in enumerate(self.var_names_)}
+        targets = self.module.label_targets[rows].cpu().numpy()
+        return [
+            [column[self.targets_[t]] for t in np.flatnonzero(row) if self.targets_[t] in column]
+            for row in targets
+        ]
+
+    def _log_expression(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """Cells of the training AnnData, log-normalised, dense float64 (control cells if None)."""
+        if rows is None:
+            cells, _ = self._control_expression(self.adata)
+        else:
+            cells = registered_expression(self.adata_manager, self.adata)[rows]
+        if self.module.likelihood == "nb":
+            cells = log_normalize(cells)
+        return dense(cells).astype(np.float64)
+
+    def _proxy_directions(self, genes: Sequence[int], n_cells: int = 2000) -> torch.Tensor:
+        """Node shift per unit of each gene's standardised expression, for non-node genes.
+
+        ``beta / |beta|^2`` with ``beta`` the ridge regression of the gene's standardised
+        expression on the posterior-mean node values of (up to ``n_cells``) control cells.
+        """
+        control, _ = self._control_expression(self.adata)
+        rows = np.random.default_rng(self.seed_).permutation(control.shape[0])[:n_cells]
+        x = torch.as_tensor(dense(control[np.sort(rows)]), dtype=torch.float32, device=self.device)
+        u = self.module.scm(self.module.inference(x)["qz"].loc)
+        y = self.module.standardize(x)[:, torch.as_tensor(list(genes), device=self.device)]
+        u, y = u - u.mean(0), y - y.mean(0)
+        gram = u.T @ u
+        penalty = 1e-3 * torch.diagonal(gram).mean().clamp_min(1e-8)
+        beta = torch.linalg.solve(
+            gram + penalty * torch.eye(gram.shape[0], device=self.device), u.T @ y
+        ).T
+        return beta / (beta**2).sum(dim=1, keepdim=True).clamp_min(1e-12)

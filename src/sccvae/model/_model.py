@@ -34,7 +34,7 @@ from ..train._training_plan import (
     SCCVAETrainingPlan,
 )
 from ._interpretation import InterpretationMixin
-from ._interventions import UNSEEN_MAGNITUDE_RULES
+from ._interventions import UNSEEN_MAGNITUDE_RULES, InterventionMixin
 from ._nodes import choose_latent_nodes, observed_own_changes
 from ._prediction import PredictionMixin
 from ._reference import check_loadable_labels, check_loaded_data
@@ -51,7 +51,9 @@ MIN_CELLS_PER_PERTURBATION = 10
 MODULE_OPTIONS = ("n_hidden_perturbation", "dropout_rate", "target_temperature", "linear_decoder")
 
 
-class SCCVAE(TrainingMixin, PredictionMixin, InterpretationMixin, BaseModelClass):
+class SCCVAE(
+    TrainingMixin, PredictionMixin, InterventionMixin, InterpretationMixin, BaseModelClass
+):
     """Single-cell causal VAE for seen, unseen and combined genetic perturbations.
 
     Control cells are encoded to exogenous noise ``z``; a perturbation is a shift
