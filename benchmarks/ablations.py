@@ -32,6 +32,8 @@ VARIANTS: dict[str, dict] = {
     "abstract": {"latent_nodes": "abstract"},
     "nograph": {"graph": "none"},
     "random_graph": {"graph": "random"},
+    # each gene node's parents: the earlier nodes most correlated with it in control cells
+    "coexpression_graph": {"graph": "coexpression"},
     "targets_first": {"node_order": "targets_first"},
     "variance_order": {"node_order": "variance"},
     "no_mean_term": {"mean_weight": 0.0},

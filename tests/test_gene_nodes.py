@@ -199,3 +199,33 @@ def test_counts_with_gene_nodes():
     column = list(adata.var_names).index("g0")
     sources = adata[pred.obs["control_cell"].to_numpy()[:50]].X.toarray()[:, column]
     assert pred.X[:50, column].sum() < sources.sum()
+
+
+def test_coexpression_graph_keeps_the_most_correlated_earlier_nodes(toy_adata):
+    from sccvae.model._nodes import coexpression_mask
+
+    rng = np.random.default_rng(0)
+    driver = rng.normal(size=500)
+    control = np.column_stack(
+        [
+            driver,  # node 0
+            rng.normal(size=500),  # node 1: independent of everything
+            driver + 0.1 * rng.normal(size=500),  # node 2: follows node 0
+            np.ones(500),  # node 3: never varies
+            -driver + 0.5 * rng.normal(size=500),  # node 4: follows node 0 (negatively)
+        ]
+    )
+    mask = coexpression_mask(control, [0, 1, 2, 3, 4], n_parents=1)
+    assert np.all(np.tril(mask) == 0)  # a DAG in the node order
+    assert mask[0, 2] == 1 and mask[:, 2].sum() == 1  # its one parent: the correlated node
+    assert mask[:, 3].sum() == 0 and mask[3].sum() == 0  # a constant gene has no edge
+    assert mask[:, 4].sum() == 1 and mask[0, 4] + mask[2, 4] == 1
+    assert coexpression_mask(control, [0, 1, 2, 3, 4], n_parents=3)[:, 4].sum() == 3
+    # in a model: a sparse DAG over the gene nodes, in their order
+    SCCVAE.setup_anndata(toy_adata)
+    model = SCCVAE(toy_adata, n_latent=12, n_hidden=16, graph="coexpression")
+    edges = model.module.scm.mask.numpy()
+    assert 0 < edges.sum() <= 5 * edges.shape[0] and np.all(np.tril(edges) == 0)
+    assert edges.sum(axis=0).max() <= 5
+    with pytest.raises(ValueError, match="latent_nodes='genes'"):
+        SCCVAE(toy_adata, n_latent=6, graph="coexpression", latent_nodes="abstract")

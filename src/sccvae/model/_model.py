@@ -104,9 +104,11 @@ class SCCVAE(
     graph
         Allowed edges between latent nodes: ``"full"`` (all edges of the node order, the
         paper's best), ``"none"`` (no edges: ``u = z + shift``), ``"random"`` (Erdős–Rényi
-        DAG of density ``graph_density``), or a DAG as a numpy array, pandas DataFrame or
-        :class:`networkx.DiGraph` (reordered topologically; with gene nodes, over gene
-        names: its nodes are the latent nodes).
+        DAG of density ``graph_density``), ``"coexpression"`` (gene nodes only: each node's
+        parents are the earlier nodes most correlated with it across control cells, at
+        most :data:`~sccvae.model._nodes.COEXPRESSION_PARENTS`), or a DAG as a numpy array,
+        pandas DataFrame or :class:`networkx.DiGraph` (reordered topologically; with gene
+        nodes, over gene names: its nodes are the latent nodes).
     graph_density
         Edge density of ``graph="random"``.
     likelihood

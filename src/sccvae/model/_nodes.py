@@ -20,6 +20,11 @@ NODE_ORDERS = ("targets_first", "variance", "random")
 #: genes that barely vary among control cells are not blown up.
 MIN_SCALE = 0.1
 
+#: With ``graph="coexpression"`` each gene node's parents are the nodes before it in the
+#: node order whose control-cell correlation with it is largest in absolute value: at most
+#: this many.
+COEXPRESSION_PARENTS = 5
+
 
 def control_moments(control_expression) -> tuple[np.ndarray, np.ndarray]:
     """Mean and standard deviation of every gene across control cells (float64)."""
@@ -131,6 +136,11 @@ def choose_latent_nodes(
         return LatentNodes(mask, names, columns, center, scale, target_nodes)
     if node_genes is not None:
         raise ValueError("node_genes needs latent_nodes='genes'.")
+    if isinstance(graph, str) and graph == "coexpression":
+        raise ValueError(
+            "graph='coexpression' estimates edges between gene nodes from control cells: it "
+            "needs latent_nodes='genes'."
+        )
     mask, names = build_graph_mask(graph, n_latent, density, seed)
     return LatentNodes(mask, names, None, None, None, np.full(len(targets), -1))
 
@@ -156,7 +166,10 @@ def gene_nodes(genes, targets, node_genes, n_latent, node_order, graph, density,
     required = [t for t in targets if t in column] + wanted
     if isinstance(graph, str):
         names = select_node_genes(genes, sd**2, required, n_latent, node_order, seed)
-        mask, _ = build_graph_mask(graph, len(names), density, seed)
+        if graph == "coexpression":
+            mask = coexpression_mask(control, [column[g] for g in names])
+        else:
+            mask, _ = build_graph_mask(graph, len(names), density, seed)
     else:
         mask, names = build_graph_mask(graph, None, density, seed)
         absent = [g for g in required if g not in set(names)]
@@ -200,3 +213,28 @@ def observed_own_changes(
             values = np.log1p(1e4 * values / np.maximum(libraries, 1.0))
         initial[i] = (values.mean() - center[column[t]]) / scale[column[t]]
     return initial
+
+
+def coexpression_mask(control, columns: Sequence[int], n_parents: int = COEXPRESSION_PARENTS):
+    """Estimate a DAG over gene nodes from control cells: each node's most correlated parents.
+
+    The nodes keep their order (``columns``, the node genes' columns of ``control``); node
+    ``j`` may have an edge from each of the ``n_parents`` nodes before it with the largest
+    absolute correlation with it across control cells (none from genes that never vary).
+    Sparse, and only where the control cells say two nodes move together: what the network
+    can learn is restricted to the observed coexpression (which also holds confounding, so it
+    is not a causal graph).
+    """
+    x = dense(control[:, list(columns)]).astype(np.float64)
+    x = x - x.mean(axis=0)
+    norms = np.sqrt((x**2).sum(axis=0))
+    varies = norms > 0
+    correlation = (x.T @ x) / np.outer(np.where(varies, norms, 1.0), np.where(varies, norms, 1.0))
+    strength = np.abs(np.triu(correlation, k=1)) * np.outer(varies, varies)
+    mask = np.zeros_like(strength, dtype=np.float32)
+    for j in range(1, strength.shape[0]):
+        candidates = strength[:j, j]
+        keep = np.argsort(-candidates, kind="stable")[:n_parents]
+        keep = keep[candidates[keep] > 0]
+        mask[keep, j] = 1.0
+    return mask

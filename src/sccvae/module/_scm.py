@@ -63,7 +63,8 @@ def build_graph_mask(
             upper = np.triu(rng.random((n_latent, n_latent)) < density, k=1)
             return upper.astype(np.float32), default_names
         raise ValueError(
-            f"Unknown graph {graph!r}: use one of {GRAPH_CHOICES}, or pass a DAG over the "
+            f"Unknown graph {graph!r}: use one of {GRAPH_CHOICES} ('coexpression' with gene "
+            "nodes), or pass a DAG over the "
             f"{n_latent} latent nodes (numpy array, pandas DataFrame or networkx.DiGraph)."
         )
     import networkx as nx  # only for user graphs: importing it costs every model otherwise
