@@ -226,3 +226,20 @@ def test_residuals_of_a_screen_of_singles_need_no_per_gene_solve(monkeypatch):
     torch.testing.assert_close(fast, solved)
     torch.testing.assert_close(fast, unweighted)
     assert fast[3].abs().sum() == 0
+
+
+def test_the_module_holds_a_calibration_until_it_is_cleared(trained_model):
+    from sccvae.module._shifts import Calibration
+
+    module = trained_model.module
+    held = Calibration(module.target_correction.clone(), module.target_residual.clone())
+    assert held.residual.abs().sum() > 0  # train() calibrated the trained targets
+    try:
+        module.set_calibration(None)
+        assert module.training_targets()["residual"].abs().sum() == 0
+        assert module.training_targets()["correction"].abs().sum() == 0
+        module.set_calibration(held)
+        torch.testing.assert_close(module.training_targets()["residual"], held.residual)
+        torch.testing.assert_close(module.training_targets()["correction"], held.correction)
+    finally:
+        module.set_calibration(held)  # the fixture is shared

@@ -45,6 +45,7 @@ import torch
 
 from .._inputs import registered_expression
 from ..module._module import saturate
+from ..module._shifts import Calibration
 from ._gap import fitted_gap, reference_cells, saturation_slope
 from ._observed import ObservedChanges, observed_changes
 
@@ -140,8 +141,7 @@ def calibrate_training_targets(
     weights = module.label_targets[torch.as_tensor(labels, device=device)]  # labels x targets
     trained = weights.sum(dim=0) > 0  # targets with training cells (all of them, normally)
 
-    module.target_residual.zero_()
-    module.target_correction.zero_()
+    module.set_calibration(None)
     # without latent corrections the structure's changes before them are the corrected ones
     before = _structural_changes(module, z, cells, weights) if correction_steps > 0 else None
     corrected, after = _fit_corrections(
@@ -229,11 +229,13 @@ def _fit_corrections(
     Returns the mean changes of the labels after the corrections and after the residuals
     (``None`` without ``diagnose``: that pass is a record, not needed by the fit).
     """
+    correction = torch.zeros_like(module.target_correction)
     if correction_steps > 0:
         correction = _fit_latent_corrections(
             module, z[:correction_cells], weights, observed, correction_steps, progress=progress
         )
-        module.target_correction.copy_(correction * trained[:, None])
+        correction = correction * trained[:, None]
+        module.set_calibration(Calibration(correction, torch.zeros_like(module.target_residual)))
     with torch.no_grad():
         # one pass over the labels gives the corrected structure's mean change and the gap
         base = cells.mean(dim=0)
@@ -253,7 +255,7 @@ def _fit_corrections(
             torch.stack(slopes).double() ** 2,
             ridge,
         )
-        module.target_residual.copy_((residual * trained[:, None]).float())
+        module.set_calibration(Calibration(correction, (residual * trained[:, None]).float()))
         after = _structural_changes(module, z, cells, weights, residual=True) if diagnose else None
     return corrected, after
 

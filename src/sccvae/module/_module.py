@@ -253,8 +253,7 @@ class SCCVAEModule(ShiftInterventionMixin, BaseModuleClass):
         Zero the trained targets' residuals and latent corrections; remove the decrease bound
         (a new training run estimates it again).
         """
-        self.target_residual.zero_()
-        self.target_correction.zero_()
+        self.set_calibration(None)
         self.decrease_bound.fill_(float("inf"))
 
     def saturate(self, change: torch.Tensor, scale: torch.Tensor | float = 1.0) -> torch.Tensor:

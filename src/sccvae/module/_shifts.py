@@ -5,13 +5,33 @@
 perturbation encoder's profile from its embedding (``a_t``), its magnitude (``c_t``) and the
 shared response (``gamma_t s``), for the training targets or any other description of
 targets (unseen genes, a scaled knock-down). The parameters and buffers it reads are the
-module's own (``perturbation_encoder``, ``magnitude``, ``shared_shift``, ...).
+module's own (``perturbation_encoder``, ``magnitude``, ``shared_shift``, ...), and so is
+what the calibration fits to the trained targets (:class:`Calibration`: a latent correction
+added to each one's shift, a residual on the genes), held by :meth:`set_calibration`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What is fitted to the trained targets after training (:mod:`sccvae.model._calibration`).
+
+    Attributes
+    ----------
+    correction
+        Each training target's latent correction, added to its shift (targets x nodes).
+    residual
+        Each training target's residual on the standardised genes (targets x genes).
+    """
+
+    correction: torch.Tensor
+    residual: torch.Tensor
 
 
 class ShiftInterventionMixin:
@@ -93,3 +113,13 @@ class ShiftInterventionMixin:
         if "correction" in targets:
             per_target = per_target + targets["correction"]
         return target_weights @ per_target
+
+    @torch.no_grad()
+    def set_calibration(self, calibration: Calibration | None) -> None:
+        """Hold ``calibration`` for the trained targets' predictions (``None``: none)."""
+        if calibration is None:
+            self.target_correction.zero_()
+            self.target_residual.zero_()
+            return
+        self.target_correction.copy_(calibration.correction)
+        self.target_residual.copy_(calibration.residual)
