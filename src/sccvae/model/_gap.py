@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from .._inputs import dense
-from ..module._module import saturate
 
 
 @torch.no_grad()
@@ -54,9 +53,22 @@ def fitted_gap(
 
 def saturation_slope(drive: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
     """Return the derivative of :func:`~sccvae.module._module.saturate` at ``drive``."""
+    return _saturated_with_slope(drive, bound)[1]
+
+
+def _saturated_with_slope(
+    drive: torch.Tensor, bound: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`~sccvae.module._module.saturate` at ``drive`` and its derivative, one ``tanh``.
+
+    ``bound`` is finite for every gene or for none (no bound: the identity, slope one).
+    """
     if not torch.isfinite(bound).any():
-        return torch.ones_like(drive)
-    return torch.where(drive < 0, 1.0 - torch.tanh(drive / bound) ** 2, torch.ones_like(drive))
+        return drive, torch.ones_like(drive)
+    falling = drive < 0
+    squashed = torch.tanh(drive / bound)
+    saturated = torch.where(falling, bound * squashed, drive)
+    return saturated, torch.where(falling, 1.0 - squashed**2, torch.ones_like(drive))
 
 
 def _censored_shift(
@@ -94,11 +106,11 @@ def _censored_shift(
 
     def gap_and_slope(shift, genes):
         """Mean reached minus the target, and its derivative in the shift, on ``genes``."""
-        x = drive[:, genes] + shift
-        moved = cells[:, genes] + saturate(x, bound[genes])
+        response, response_slope = _saturated_with_slope(drive[:, genes] + shift, bound[genes])
+        moved = cells[:, genes] + response
         above = moved > floor[genes]
         reached = torch.where(above, moved, floor[genes]).mean(dim=0) - base[genes]
-        slope = (saturation_slope(x, bound[genes]) * above).mean(dim=0)
+        slope = (response_slope * above).mean(dim=0)
         return reached - target[genes], slope
 
     # a target at or below what the lowest shift reaches takes that shift (the limit)
