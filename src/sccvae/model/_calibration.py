@@ -139,7 +139,6 @@ def calibrate_training_targets(
     module.eval()
     z, cells = reference_cells(module, expression, control_rows, n_cells, seed)
     weights = module.label_targets[torch.as_tensor(labels, device=device)]  # labels x targets
-    trained = weights.sum(dim=0) > 0  # targets with training cells (all of them, normally)
 
     module.set_calibration(None)
     # without latent corrections the structure's changes before them are the corrected ones
@@ -150,7 +149,6 @@ def calibrate_training_targets(
         cells,
         weights,
         observed,
-        trained,
         ridge,
         correction_steps,
         correction_cells,
@@ -217,7 +215,6 @@ def _fit_corrections(
     cells,
     weights,
     observed,
-    trained,
     ridge,
     correction_steps,
     correction_cells,
@@ -226,9 +223,11 @@ def _fit_corrections(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Fit the latent corrections, then the residuals, at the module's decrease bound.
 
-    Returns the mean changes of the labels after the corrections and after the residuals
-    (``None`` without ``diagnose``: that pass is a record, not needed by the fit).
+    Only targets with training labels (all of them, normally) get either. Returns the mean
+    changes of the labels after the corrections and after the residuals (``None`` without
+    ``diagnose``: that pass is a record, not needed by the fit).
     """
+    trained = weights.sum(dim=0) > 0
     correction = torch.zeros_like(module.target_correction)
     if correction_steps > 0:
         correction = _fit_latent_corrections(

@@ -30,9 +30,7 @@ from .._perturbations import Targets, parse_perturbation, target_matrix
 from ..module._module import SCCVAEModule
 from ..train._dataloading import PerturbationDataSplitter
 from ..train._quiet import without_notices
-from ..train._training_plan import (
-    SCCVAETrainingPlan,
-)
+from ..train._training_plan import SCCVAETrainingPlan
 from ._interpretation import InterpretationMixin
 from ._interventions import UNSEEN_MAGNITUDE_RULES, InterventionMixin
 from ._nodes import choose_latent_nodes, observed_own_changes
