@@ -51,7 +51,7 @@ COLUMNS = (
 @contextlib.contextmanager
 def grid(temperatures, weights):
     """Restrict the grid the model chooses from (restored afterwards)."""
-    from sccvae import _borrowing
+    from sccvae.model import _borrowing
 
     saved = _borrowing.TEMPERATURES, _borrowing.PROPAGATION_WEIGHTS
     _borrowing.TEMPERATURES = temperatures or saved[0]

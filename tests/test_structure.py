@@ -142,3 +142,25 @@ def test_no_source_file_over_500_lines():
     }
     too_long = {name: n for name, n in lengths.items() if n > MAX_LINES}
     assert not too_long, f"Source files over {MAX_LINES} lines (split them): {too_long}"
+
+
+def test_benchmark_scripts_import_names_that_exist():
+    """The scripts under ``benchmarks/`` import package names that exist (moves break them)."""
+    import importlib
+
+    scripts = sorted((PACKAGE_ROOT.parents[1] / "benchmarks").glob("*.py"))
+    assert scripts
+    missing = []
+    for path in scripts:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom) or not (node.module or "").startswith(PACKAGE):
+                continue
+            module = importlib.import_module(node.module)
+            for alias in node.names:
+                if hasattr(module, alias.name):
+                    continue
+                try:
+                    importlib.import_module(f"{node.module}.{alias.name}")
+                except ModuleNotFoundError:
+                    missing.append(f"{path.name}:{node.lineno} {node.module}.{alias.name}")
+    assert not missing, f"benchmark scripts import names that do not exist: {missing}"
