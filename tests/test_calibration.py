@@ -9,7 +9,7 @@ import torch
 from sccvae import SCCVAE, SCCVAETrainingPlan
 from sccvae.model._calibration import estimate_decrease_bound
 from sccvae.model._gap import _censored_shift
-from sccvae.module._module import saturate
+from sccvae.module._saturation import saturate
 
 from .conftest import make_toy_adata
 

@@ -9,7 +9,7 @@ import torch
 
 from sccvae import SCCVAE
 from sccvae.model._interventions import UNSEEN_MAGNITUDE_RULES, choose_unseen_magnitude, unseen_magnitude
-from sccvae.module._module import saturate
+from sccvae.module._saturation import saturate
 from sccvae.model._nodes import select_node_genes
 
 from .conftest import make_toy_adata

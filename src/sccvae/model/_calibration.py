@@ -44,9 +44,9 @@ import numpy as np
 import torch
 
 from .._inputs import registered_expression
-from ..module._module import saturate
+from ..module._saturation import saturate, saturation_slope
 from ..module._shifts import Calibration
-from ._gap import fitted_gap, reference_cells, saturation_slope
+from ._gap import fitted_gap, reference_cells
 from ._observed import ObservedChanges, observed_changes
 
 logger = logging.getLogger(__name__)

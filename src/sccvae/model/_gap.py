@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .._inputs import dense
+from ..module._saturation import saturated_with_slope
 
 
 @torch.no_grad()
@@ -51,26 +52,6 @@ def fitted_gap(
     return _censored_shift(cells, drive, cells.mean(dim=0), target, floor, bound)
 
 
-def saturation_slope(drive: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
-    """Return the derivative of :func:`~sccvae.module._module.saturate` at ``drive``."""
-    return _saturated_with_slope(drive, bound)[1]
-
-
-def _saturated_with_slope(
-    drive: torch.Tensor, bound: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`~sccvae.module._module.saturate` at ``drive`` and its derivative, one ``tanh``.
-
-    ``bound`` is finite for every gene or for none (no bound: the identity, slope one).
-    """
-    if not torch.isfinite(bound).any():
-        return drive, torch.ones_like(drive)
-    falling = drive < 0
-    squashed = torch.tanh(drive / bound)
-    saturated = torch.where(falling, bound * squashed, drive)
-    return saturated, torch.where(falling, 1.0 - squashed**2, torch.ones_like(drive))
-
-
 def _censored_shift(
     cells: torch.Tensor,
     drive: torch.Tensor,
@@ -82,8 +63,8 @@ def _censored_shift(
 ) -> torch.Tensor:
     """Gene-wise shift ``r`` with ``mean(max(cells + h(drive + r), floor)) - base = target``.
 
-    All in standardised units; ``h`` is :func:`~sccvae.module._module.saturate` at the gene-wise
-    ``bound`` (finite for all genes, or ``inf`` for all: none). The mean rises
+    All in standardised units; ``h`` is :func:`~sccvae.module._saturation.saturate` at the
+    gene-wise ``bound`` (finite for all genes, or ``inf`` for all: none). The mean rises
     monotonically with ``r``: a safeguarded Newton iteration finds it (Newton steps while they
     stay inside the bracket and shrink fast enough, bisection otherwise; a handful of steps
     per gene where bisection took 32). Without a floor (``-inf``) and a decrease bound it is
@@ -106,7 +87,7 @@ def _censored_shift(
 
     def gap_and_slope(shift, genes):
         """Mean reached minus the target, and its derivative in the shift, on ``genes``."""
-        response, response_slope = _saturated_with_slope(drive[:, genes] + shift, bound[genes])
+        response, response_slope = saturated_with_slope(drive[:, genes] + shift, bound[genes])
         moved = cells[:, genes] + response
         above = moved > floor[genes]
         reached = torch.where(above, moved, floor[genes]).mean(dim=0) - base[genes]

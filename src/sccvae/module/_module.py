@@ -14,6 +14,7 @@ from torch import nn
 
 from .._constants import MODEL_DEFAULTS, REGISTRY_KEYS
 from ._losses import NB_SCALE_FACTOR, expected_counts, negative_binomial_nll, sccvae_loss
+from ._saturation import saturate
 from ._scm import LatentSCM
 from ._shifts import ShiftInterventionMixin
 
@@ -475,14 +476,3 @@ class SCCVAEModule(ShiftInterventionMixin, BaseModuleClass):
         generative_inputs = self._get_generative_input(tensors, inference_outputs)
         outputs = self.generative(**generative_inputs)
         return self.expression_mean(outputs["prediction"], outputs["library"])
-
-
-def saturate(change: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
-    """``bound * tanh(change / bound)`` where the change is negative (gene-wise bounds).
-
-    Increases, and every change where the bound is infinite, pass unchanged.
-    """
-    if not torch.isfinite(bound).any():
-        return change
-    saturating = torch.isfinite(bound) & (change < 0)
-    return torch.where(saturating, bound * torch.tanh(change / bound), change)
