@@ -27,9 +27,11 @@ import warnings
 import pandas as pd
 from _tables import print_method_table
 
+from sccvae import PAPER_MODEL, PAPER_TRAINING
+
 VARIANTS: dict[str, dict] = {
     "default": {},
-    "abstract": {"latent_nodes": "abstract"},
+    "abstract": {**PAPER_MODEL, "train_kwargs": PAPER_TRAINING},  # the paper's model
     "nograph": {"graph": "none"},
     "random_graph": {"graph": "random"},
     # each gene node's parents: the earlier nodes most correlated with it in control cells

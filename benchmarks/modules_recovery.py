@@ -84,11 +84,14 @@ def main(argv: list[str] | None = None) -> None:
             np.asarray(sim["target_modules"]), index=np.asarray(sim["targets"]).astype(str)
         )
         sccvae.SCCVAE.setup_anndata(adata)
-        model = sccvae.SCCVAE(
-            adata, n_latent=args.n_latent, latent_nodes=args.latent_nodes, seed=seed
-        )
+        # abstract nodes: the paper's model, with its settings
+        paper = args.latent_nodes == "abstract"
+        model_kwargs = sccvae.PAPER_MODEL if paper else {}
+        train_kwargs = sccvae.PAPER_TRAINING if paper else {}
+        model = sccvae.SCCVAE(adata, n_latent=args.n_latent, seed=seed, **model_kwargs)
         t0 = time.perf_counter()
         model.train(
+            **train_kwargs,
             max_epochs=args.epochs,
             enable_progress_bar=False,
             train_size=1.0,

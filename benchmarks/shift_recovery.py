@@ -35,12 +35,13 @@ import sys
 import time
 
 import numpy as np
+from sccvae import PAPER_MODEL, PAPER_TRAINING
 
 #: variant -> (model arguments, train arguments)
 VARIANTS = {
     "default": ({}, {}),
     "uncalibrated": ({}, {"calibrate": False}),
-    "abstract": ({"latent_nodes": "abstract"}, {}),
+    "abstract": (PAPER_MODEL, PAPER_TRAINING),  # the paper's model and settings
 }
 
 

@@ -28,7 +28,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-#: weights of the loss terms with gene nodes (MODEL_DEFAULTS["genes"]): total = rec
+#: weights of the loss terms at SCCVAE's defaults: total = rec
 #: + 10 mean_error + beta kl + 16 control_reconstruction + node_reconstruction (mmd weight 0)
 TERMS = {
     "perturbed_reconstruction": 1.0,

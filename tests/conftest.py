@@ -95,6 +95,6 @@ def trained_abstract_model():
 
     adata = make_toy_adata()
     sccvae.SCCVAE.setup_anndata(adata)
-    model = sccvae.SCCVAE(adata, n_latent=16, n_hidden=64, seed=0, latent_nodes="abstract")
-    model.train(max_epochs=40, enable_progress_bar=False)
+    model = sccvae.SCCVAE(adata, n_latent=16, n_hidden=64, seed=0, **sccvae.PAPER_MODEL)
+    model.train(max_epochs=40, enable_progress_bar=False, **sccvae.PAPER_TRAINING)
     return model

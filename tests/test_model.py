@@ -22,10 +22,8 @@ def test_loss_decreases_and_validation_runs(trained_model):
     assert "validation_loss" in history and len(history["validation_loss"]) == 40
     assert "model_selection_validation" in history
     assert history["kl_weight"]["kl_weight"].iloc[0] == 0.0
-    # the warm-up spans training and ends near the KL weight's maximum (0.1 with gene nodes)
-    from sccvae._constants import TRAIN_DEFAULTS
-
-    assert history["kl_weight"]["kl_weight"].iloc[-1] > 0.9 * TRAIN_DEFAULTS["genes"]["max_kl_weight"]
+    # the warm-up spans training and ends near the KL weight's maximum (0.1 by default)
+    assert 0.09 < history["kl_weight"]["kl_weight"].iloc[-1] <= 0.1
 
 
 def test_trained_perturbations_beat_control_mean(trained_model):
@@ -359,3 +357,70 @@ def test_module_options_pass_through_and_unknown_keywords_are_named(toy_adata):
     }
     with pytest.raises(TypeError, match=r"\['dropuot_rate'\].*dropout_rate"):
         SCCVAE(toy_adata, n_latent=6, n_hidden=16, dropuot_rate=0.2)
+
+
+def test_defaults_are_real_values_and_model_module_and_plan_agree():
+    import inspect
+
+    from sccvae import SCCVAEModule, SCCVAETrainingPlan
+
+    model = inspect.signature(SCCVAE.__init__).parameters
+    # None only where it means something other than a value: no data, no extra node, the
+    # global seed
+    assert {name for name, p in model.items() if p.default is None} == {
+        "adata",
+        "registry",
+        "node_genes",
+        "seed",
+    }
+    options = set(model) - {"self", "adata", "registry", "module_kwargs"}
+    assert len(options) <= 16  # the options users set; the rest pass through **module_kwargs
+    module = inspect.signature(SCCVAEModule.__init__).parameters
+    shared = set(model) & set(module) - {"self", "seed"}
+    assert {"n_hidden", "n_layers", "mmd_weight", "mean_weight", "perturbation_encoder"} <= shared
+    for name in shared:
+        assert model[name].default == module[name].default, name
+    plan = inspect.signature(SCCVAETrainingPlan.__init__).parameters
+    assert (plan["lr"].default, plan["max_kl_weight"].default) == (2e-3, 0.1)
+    assert inspect.signature(SCCVAE.train).parameters["batch_size"].default == 64
+
+
+def test_the_paper_settings_give_the_paper_model(toy_adata):
+    import sccvae
+
+    SCCVAE.setup_anndata(toy_adata)
+    model = SCCVAE(toy_adata, n_latent=6, n_hidden=16, **sccvae.PAPER_MODEL)
+    module = model.module
+    assert model.latent_nodes_ == "abstract" and module.perturbation_encoder_kind == "softmax"
+    assert (module.mmd_weight, module.control_reconstruction_weight) == (10.0, 0.25)
+    assert module.mean_weight == 0.0
+    model.train(max_epochs=1, enable_progress_bar=False, **sccvae.PAPER_TRAINING)
+    assert model.history["kl_weight"]["kl_weight"].iloc[-1] <= 1.0
+
+
+def test_removed_options_are_named_and_saved_models_that_recorded_them_load(
+    trained_model, tmp_path
+):
+    adata = trained_model.adata
+    for name, hint in [
+        ("graph_density", "build_graph_mask"),
+        ("n_embedding_components", "coexpression_embedding"),
+        ("init_magnitude", "observed change"),
+    ]:
+        with pytest.raises(TypeError, match=rf"{name}.*{hint}"):
+            SCCVAE(adata, n_latent=16, n_hidden=64, **{name: 1})
+    # a model saved when the constructor still took them loads, and predicts the same
+    saved = trained_model.init_params_
+    recorded = {"graph_density": 0.03, "n_embedding_components": 50, "init_magnitude": None}
+    trained_model.init_params_ = {**saved, "non_kwargs": {**saved["non_kwargs"], **recorded}}
+    try:
+        trained_model.save(tmp_path / "older", overwrite=True)
+    finally:
+        trained_model.init_params_ = saved
+    loaded = SCCVAE.load(tmp_path / "older", adata=adata)
+    np.testing.assert_allclose(
+        loaded.predict(["g0", "g12"], n_cells=20, seed=5).X,
+        trained_model.predict(["g0", "g12"], n_cells=20, seed=5).X,
+        rtol=1e-5,
+        atol=1e-6,
+    )

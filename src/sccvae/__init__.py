@@ -26,6 +26,9 @@ _LAZY = {
     "LatentSCM": ".module",
     "build_graph_mask": ".module",
     "SCCVAETrainingPlan": ".train",
+    "coexpression_embedding": "._embedding",
+    "PAPER_MODEL": "._constants",
+    "PAPER_TRAINING": "._constants",
 }
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
 
@@ -52,5 +55,8 @@ __all__ = [
     "PairedPerturbationSampler",
     "PerturbationDataSplitter",
     "build_graph_mask",
+    "coexpression_embedding",
+    "PAPER_MODEL",
+    "PAPER_TRAINING",
     "__version__",
 ]

@@ -83,8 +83,8 @@ def build_embedding(
     targets: list[str],
     genes,
     control,
-    n_components: int,
-    seed: int,
+    n_components: int = 50,
+    seed: int = 0,
     embedded_targets: list[str] | None = None,
 ) -> pd.DataFrame:
     """Build the target embedding: a user DataFrame (checked), one-hot, or coexpression.

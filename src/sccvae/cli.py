@@ -62,7 +62,6 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser of the ``sccvae`` command."""
-    from sccvae._constants import MODEL_DEFAULTS, TRAIN_DEFAULTS
     from sccvae.benchmark import DEFAULT_MAX_EPOCHS, DEFAULT_METHODS, METHODS, TEST_SEED
     from sccvae.benchmark._methods import DEFAULT_EPOCHS_TEXT
     from sccvae.data import SIMULATION_SCENARIOS
@@ -215,7 +214,6 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--n-cells", type=_positive_int, default=100, help="cells predicted per perturbation"
     )
-    genes, abstract = TRAIN_DEFAULTS["genes"], TRAIN_DEFAULTS["abstract"]
     bench.add_argument(
         "--n-latent",
         type=_positive_int,
@@ -226,22 +224,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--n-hidden",
         type=_positive_int,
         default=None,
-        help="SCCVAE hidden layer width; without it the model's: "
-        f"{MODEL_DEFAULTS['genes']['n_hidden']}",
+        help="SCCVAE hidden layer width; without it SCCVAE's default",
     )
     bench.add_argument(
         "--batch-size",
         type=_positive_int,
         default=None,
-        help=f"SCCVAE perturbed cells per batch; without it the model's: {genes['batch_size']} "
-        f"(gene nodes), {abstract['batch_size']} (abstract nodes)",
+        help="SCCVAE perturbed cells per batch; without it SCCVAE.train's default",
     )
     bench.add_argument(
         "--lr",
         type=float,
         default=None,
-        help=f"SCCVAE learning rate; without it the model's: {genes['lr']} (gene nodes), "
-        f"{abstract['lr']} (abstract nodes)",
+        help="SCCVAE learning rate; without it SCCVAE's training plan's default",
     )
     bench.add_argument(
         "--threads",

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .._constants import PAPER_MODEL, PAPER_TRAINING
 from ._errors import BenchmarkInputError
 from ._progress import epoch_callback
 
@@ -276,9 +277,10 @@ REGISTRY: dict[str, Method] = {
         "SCCVAE ablation, graph='none' (shifts are not propagated between nodes)", graph="none"
     ),
     "sccvae_abstract": sccvae_variant(
-        "SCCVAE ablation, latent_nodes='abstract': the paper's abstract nodes and softmax "
-        "intervention",
-        latent_nodes="abstract",
+        "SCCVAE ablation, the paper's model: abstract nodes, softmax intervention and the "
+        "paper's loss weights and training settings",
+        train_kwargs=PAPER_TRAINING,
+        **PAPER_MODEL,
     ),
     "sccvae_uncalibrated": sccvae_variant(
         "SCCVAE ablation, train(calibrate=False): no per-target residual after training",

@@ -16,7 +16,7 @@ from scvi.data.fields import CategoricalObsField, LayerField
 from scvi.model.base import BaseModelClass
 from scvi.train import TrainRunner
 
-from .._constants import MODEL_DEFAULTS, REGISTRY_KEYS
+from .._constants import REGISTRY_KEYS
 from .._embedding import build_embedding
 from .._inputs import (
     check_expression,
@@ -46,7 +46,23 @@ logger = logging.getLogger(__name__)
 MIN_CELLS_PER_PERTURBATION = 10
 
 #: Options of :class:`~sccvae.SCCVAEModule` that ``SCCVAE(**module_kwargs)`` passes through.
-MODULE_OPTIONS = ("n_hidden_perturbation", "dropout_rate", "target_temperature", "linear_decoder")
+MODULE_OPTIONS = (
+    "node_weight",
+    "n_hidden_perturbation",
+    "dropout_rate",
+    "target_temperature",
+    "linear_decoder",
+)
+#: Options SCCVAE no longer takes, and what to do instead. A saved model that recorded them
+#: still loads: its graph mask, embedding and shifts come back from the saved state.
+REMOVED_OPTIONS = {
+    "graph_density": "graph='random' has density 0.03; for another, pass a DAG "
+    "(sccvae.build_graph_mask('random', n_latent, density=...) gives one)",
+    "n_embedding_components": "for another dimension than 50, pass perturbation_embedding="
+    "sccvae.coexpression_embedding(control_expression, genes, n_components=...)",
+    "init_magnitude": "a node gene's shift starts from its observed change, another "
+    "target's from 3",
+}
 
 
 class SCCVAE(
@@ -71,12 +87,12 @@ class SCCVAE(
     embeddings) go through a perturbation encoder from their embedding in both
     (``perturbation_encoder``).
 
-    Arguments left at ``None`` take the default of the kind of latent nodes
-    (:data:`sccvae._constants.MODEL_DEFAULTS`): for gene nodes, chosen on validation screens
-    (``n_hidden=512``, ``n_layers=1``, ``mmd_weight=0``, ``control_reconstruction_weight=16``,
-    ``mean_weight=10``, ``perturbation_encoder="direction"``); for abstract nodes, the
-    paper's (``n_layers=2``, ``mmd_weight=10``, ``control_reconstruction_weight=0.25``, no
-    batch-mean term, ``"softmax"``).
+    The defaults were chosen for gene nodes on validation screens (``benchmarks/ablations.py``).
+    The paper's model and settings are :data:`~sccvae._constants.PAPER_MODEL` (abstract nodes,
+    two hidden layers, ``mmd_weight=10``, ``control_reconstruction_weight=0.25``, no
+    batch-mean term, the softmax encoder) with :data:`~sccvae._constants.PAPER_TRAINING` for
+    :meth:`train`:
+    ``SCCVAE(adata, **sccvae.PAPER_MODEL).train(**sccvae.PAPER_TRAINING)``.
 
     Parameters
     ----------
@@ -90,7 +106,8 @@ class SCCVAE(
     n_layers
         Number of hidden layers of the encoder and decoder.
     latent_nodes
-        ``"genes"`` (default) or ``"abstract"`` (the paper's model), see above.
+        ``"genes"`` (default) or ``"abstract"`` (the paper's nodes; with its other settings
+        in :data:`~sccvae._constants.PAPER_MODEL`), see above.
     node_genes
         Genes that must be latent nodes besides the measured training targets, e.g. genes
         whose knock-down you will predict (a measured gene that is not a node is predicted
@@ -102,13 +119,12 @@ class SCCVAE(
     graph
         Allowed edges between latent nodes: ``"full"`` (all edges of the node order, the
         paper's best), ``"none"`` (no edges: ``u = z + shift``), ``"random"`` (Erdős–Rényi
-        DAG of density ``graph_density``), ``"coexpression"`` (gene nodes only: each node's
+        DAG), ``"coexpression"`` (gene nodes only: each node's
         parents are the earlier nodes most correlated with it across control cells, at
         most :data:`~sccvae.model._nodes.COEXPRESSION_PARENTS`), or a DAG as a numpy array,
         pandas DataFrame or :class:`networkx.DiGraph` (reordered topologically; with gene
-        nodes, over gene names: its nodes are the latent nodes).
-    graph_density
-        Edge density of ``graph="random"``.
+        nodes, over gene names: its nodes are the latent nodes). ``"random"`` has density
+        0.03; :func:`sccvae.build_graph_mask` draws one of another density.
     likelihood
         ``"gaussian"`` (log-normalised expression, the paper's setting) or ``"nb"`` (raw
         counts, negative binomial with each cell's library size).
@@ -116,15 +132,13 @@ class SCCVAE(
         How targets are embedded for the perturbation encoder: ``"coexpression"`` (PCA of
         each gene's profile across control cells; any measured gene), ``"onehot"`` (seen
         targets only), or a :class:`pandas.DataFrame` indexed by gene name (any gene it
-        lists). With gene nodes it only serves targets that are not node genes.
-    n_embedding_components
-        Dimension of the coexpression embedding.
+        lists). With gene nodes it only serves targets that are not node genes. The
+        coexpression embedding has 50 dimensions; :func:`sccvae.coexpression_embedding`
+        builds one of another size.
     mmd_weight
         ``alpha``: weight of the MMD between predicted and observed perturbed cells.
     control_reconstruction_weight
         ``lambda``: weight of the reconstruction of the control cells.
-    node_weight
-        Weight tying gene nodes to their genes in control cells (gene nodes only).
     mean_weight
         Weight of the squared error between the mean predicted and the mean observed
         perturbed cell of each minibatch.
@@ -133,21 +147,20 @@ class SCCVAE(
         them, such as stress); ``False`` leaves each target's own shift alone.
     perturbation_encoder
         For targets that are not node genes: ``"softmax"`` (the paper's soft choice of nodes
-        from the embedding, ``c_t softmax(f(e_t) / T)``; the default with abstract nodes) or
-        ``"direction"`` (a signed unit vector ``c_t f(e_t) / |f(e_t)|``, which can move nodes
-        both ways; the default with gene nodes, chosen on validation cells of Norman 2019).
+        from the embedding, ``c_t softmax(f(e_t) / T)``, in
+        :data:`~sccvae._constants.PAPER_MODEL`) or
+        ``"direction"`` (default: a signed unit vector ``c_t f(e_t) / |f(e_t)|``, which can
+        move nodes both ways; chosen on validation cells of Norman 2019).
     unseen_magnitude
         How an unseen node gene's own shift is predicted from the training targets' (see
         :data:`~sccvae.model._interventions.UNSEEN_MAGNITUDE_RULES`): ``"auto"`` (default)
         takes the rule that predicts the training targets best, leave-one-target-out.
-    init_magnitude
-        Initial shift ``c_t`` of every target. ``None`` (default): a node gene starts from
-        its own observed change (standardised) in the registered cells, other targets from 3.
     seed
         Seed of the graph, the node order, the initial weights and the embedding; defaults
         to ``scvi.settings.seed``.
     **module_kwargs
         Options of :class:`~sccvae.SCCVAEModule` passed through (:data:`MODULE_OPTIONS`):
+        ``node_weight`` (tying gene nodes to their genes in control cells, 1),
         ``n_hidden_perturbation`` (width of the perturbation encoder's hidden layer, 128),
         ``dropout_rate`` (in encoder and decoder, 0), ``target_temperature`` (of the softmax
         choosing latent nodes, 0.2; the reference uses 1) and ``linear_decoder`` (a linear
@@ -171,28 +184,33 @@ class SCCVAE(
         adata: ad.AnnData | None = None,
         registry: dict | None = None,
         n_latent: int = 64,
-        n_hidden: int | None = None,
-        n_layers: int | None = None,
+        n_hidden: int = 512,
+        n_layers: int = 1,
         latent_nodes: Literal["genes", "abstract"] = "genes",
         node_genes: Sequence[str] | None = None,
         node_order: Literal["targets_first", "variance", "random"] = "random",
         graph: str | np.ndarray | pd.DataFrame | nx.DiGraph = "full",
-        graph_density: float = 0.03,
         likelihood: Literal["gaussian", "nb"] = "gaussian",
         perturbation_embedding: str | pd.DataFrame = "coexpression",
-        n_embedding_components: int = 50,
-        mmd_weight: float | None = None,
-        control_reconstruction_weight: float | None = None,
-        node_weight: float = 1.0,
-        mean_weight: float | None = None,
-        init_magnitude: float | None = None,
+        mmd_weight: float = 0.0,
+        control_reconstruction_weight: float = 16.0,
+        mean_weight: float = 10.0,
         shared_response: bool = True,
-        perturbation_encoder: Literal["softmax", "direction"] | None = None,
+        perturbation_encoder: Literal["softmax", "direction"] = "direction",
         unseen_magnitude: Literal["auto", "standardized", "log", "relative"] = "auto",
         seed: int | None = None,
         **module_kwargs,
     ):
         super().__init__(adata, registry)
+        if registry is not None:  # loading a model saved with options that no longer exist
+            module_kwargs = {k: v for k, v in module_kwargs.items() if k not in REMOVED_OPTIONS}
+        removed = sorted(set(module_kwargs) & set(REMOVED_OPTIONS))
+        if removed:
+            raise TypeError(
+                f"SCCVAE no longer takes {removed}: "
+                + "; ".join(REMOVED_OPTIONS[name] for name in removed)
+                + "."
+            )
         unknown = sorted(set(module_kwargs) - set(MODULE_OPTIONS))
         if unknown:
             raise TypeError(
@@ -205,15 +223,6 @@ class SCCVAE(
             raise ValueError(f"latent_nodes must be 'genes' or 'abstract', got {latent_nodes!r}.")
         self.seed_ = seed = self._seed(seed)
         self.latent_nodes_ = latent_nodes
-        defaults = MODEL_DEFAULTS[latent_nodes]
-        n_hidden = defaults["n_hidden"] if n_hidden is None else n_hidden
-        n_layers = defaults["n_layers"] if n_layers is None else n_layers
-        mmd_weight = defaults["mmd_weight"] if mmd_weight is None else mmd_weight
-        mean_weight = defaults["mean_weight"] if mean_weight is None else mean_weight
-        if perturbation_encoder is None:
-            perturbation_encoder = defaults["perturbation_encoder"]
-        if control_reconstruction_weight is None:
-            control_reconstruction_weight = defaults["control_reconstruction_weight"]
         if unseen_magnitude != "auto" and unseen_magnitude not in UNSEEN_MAGNITUDE_RULES:
             raise ValueError(
                 f"unseen_magnitude must be 'auto' or in {UNSEEN_MAGNITUDE_RULES}, not "
@@ -253,7 +262,6 @@ class SCCVAE(
             n_latent,
             node_order,
             graph,
-            graph_density,
             seed,
             control,
         )
@@ -263,25 +271,20 @@ class SCCVAE(
             self.targets_,
             self.adata.var_names,
             control,
-            n_embedding_components,
-            seed,
+            seed=seed,
             embedded_targets=[self.targets_[i] for i in np.flatnonzero(target_nodes < 0)],
         )
-        if init_magnitude is not None:
-            magnitude = np.full(len(self.targets_), float(init_magnitude), dtype=np.float32)
-        else:
-            codes = registered_label_codes(self.adata_manager)
-            magnitude = observed_own_changes(
-                expression,
-                codes,
-                parsed,
-                self.targets_,
-                target_nodes,
-                self.var_names_,
-                nodes.center,
-                nodes.scale,
-                counts=likelihood == "nb",
-            )
+        magnitude = observed_own_changes(
+            expression,
+            registered_label_codes(self.adata_manager),
+            parsed,
+            self.targets_,
+            target_nodes,
+            self.var_names_,
+            nodes.center,
+            nodes.scale,
+            counts=likelihood == "nb",
+        )
         # Initial weights come from `seed` without touching the caller's global torch RNG.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -302,7 +305,6 @@ class SCCVAE(
                 likelihood=likelihood,
                 mmd_weight=mmd_weight,
                 control_reconstruction_weight=control_reconstruction_weight,
-                node_weight=node_weight,
                 mean_weight=mean_weight,
                 **module_kwargs,
                 shared_response=shared_response,

@@ -124,12 +124,12 @@ class LatentNodes:
 
 
 def choose_latent_nodes(
-    kind, genes, targets, node_genes, n_latent, node_order, graph, density, seed, control
+    kind, genes, targets, node_genes, n_latent, node_order, graph, seed, control
 ) -> LatentNodes:
     """Choose the latent nodes: gene nodes (``kind="genes"``) or abstract ones."""
     if kind == "genes":
         mask, names, columns, center, scale = gene_nodes(
-            genes, targets, node_genes, n_latent, node_order, graph, density, seed, control
+            genes, targets, node_genes, n_latent, node_order, graph, seed, control
         )
         node_of = {genes[c]: i for i, c in enumerate(columns)}
         target_nodes = np.array([node_of.get(t, -1) for t in targets])
@@ -141,11 +141,11 @@ def choose_latent_nodes(
             "graph='coexpression' estimates edges between gene nodes from control cells: it "
             "needs latent_nodes='genes'."
         )
-    mask, names = build_graph_mask(graph, n_latent, density, seed)
+    mask, names = build_graph_mask(graph, n_latent, seed=seed)
     return LatentNodes(mask, names, None, None, None, np.full(len(targets), -1))
 
 
-def gene_nodes(genes, targets, node_genes, n_latent, node_order, graph, density, seed, control):
+def gene_nodes(genes, targets, node_genes, n_latent, node_order, graph, seed, control):
     """Everything the module needs about gene nodes.
 
     Returns
@@ -169,9 +169,9 @@ def gene_nodes(genes, targets, node_genes, n_latent, node_order, graph, density,
         if graph == "coexpression":
             mask = coexpression_mask(control, [column[g] for g in names])
         else:
-            mask, _ = build_graph_mask(graph, len(names), density, seed)
+            mask, _ = build_graph_mask(graph, len(names), seed=seed)
     else:
-        mask, names = build_graph_mask(graph, None, density, seed)
+        mask, names = build_graph_mask(graph, None, seed=seed)
         absent = [g for g in required if g not in set(names)]
         if absent or any(g not in column for g in names):
             raise ValueError(

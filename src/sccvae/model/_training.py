@@ -17,7 +17,6 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .._constants import TRAIN_DEFAULTS
 from .._inputs import registered_label_codes
 from ..train._quiet import without_notices
 from ..train._training_plan import default_epochs, torch_threads, training_threads
@@ -37,7 +36,7 @@ class TrainingMixin:
         accelerator: str = "auto",
         devices: int | list[int] | str = "auto",
         train_size: float = 0.9,
-        batch_size: int | None = None,
+        batch_size: int = 64,
         early_stopping: bool = False,
         train_indices: Sequence[int] | None = None,
         validation_indices: Sequence[int] | None = None,
@@ -62,8 +61,8 @@ class TrainingMixin:
             Fraction of every perturbation's cells (and of control cells) used for training;
             the rest is validation data. Ignored when ``train_indices`` is given.
         batch_size
-            Perturbed cells per minibatch (plus as many control cells); ``None``: 64 with gene
-            nodes, 32 (the paper's) with abstract nodes.
+            Perturbed cells per minibatch (plus as many control cells); the paper's is 32
+            (:data:`~sccvae._constants.PAPER_TRAINING`).
         early_stopping
             Stop when ``early_stopping_monitor`` (default ``"validation_loss"``) stops
             improving; pass ``early_stopping_patience`` etc. as keyword arguments.
@@ -72,8 +71,8 @@ class TrainingMixin:
             control cells the model may use must be among ``train_indices``.
         plan_kwargs
             Passed to :class:`~sccvae.SCCVAETrainingPlan` (``lr``, ``n_epochs_kl_warmup``,
-            ``max_kl_weight``, ...). Defaults: ``lr=2e-3, max_kl_weight=0.1`` with gene nodes,
-            ``lr=1e-3, max_kl_weight=1`` with abstract nodes; the KL warm-up spans training.
+            ``max_kl_weight``, ...; defaults ``lr=2e-3, max_kl_weight=0.1``, the paper's in
+            :data:`~sccvae._constants.PAPER_TRAINING`); the KL warm-up spans training.
         datasplitter_kwargs
             Passed to the data loaders (``num_workers``, ``pin_memory``, ...).
         n_threads
@@ -101,11 +100,7 @@ class TrainingMixin:
                 f"max_epochs must be a positive number of epochs (or None for the default), got "
                 f"{max_epochs!r}."
             )
-        defaults = TRAIN_DEFAULTS[self.latent_nodes_]
-        batch_size = int(defaults["batch_size"] if batch_size is None else batch_size)
         plan_kwargs = dict(plan_kwargs or {})
-        plan_kwargs.setdefault("lr", defaults["lr"])
-        plan_kwargs.setdefault("max_kl_weight", defaults["max_kl_weight"])
         codes = registered_label_codes(self.adata_manager)
         is_control = self.module.label_is_control.cpu().numpy()[codes]
         external = None

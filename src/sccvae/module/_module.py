@@ -12,7 +12,7 @@ from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from scvi.nn import Encoder, FCLayers
 from torch import nn
 
-from .._constants import MODEL_DEFAULTS, REGISTRY_KEYS
+from .._constants import REGISTRY_KEYS
 from ._losses import NB_SCALE_FACTOR, expected_counts, negative_binomial_nll, sccvae_loss
 from ._saturation import saturate
 from ._scm import LatentSCM
@@ -21,10 +21,6 @@ from ._shifts import ShiftInterventionMixin
 logger = logging.getLogger(__name__)
 
 Likelihood = Literal["gaussian", "nb"]
-
-#: The module's defaults are the model's for abstract nodes (one declaration, in
-#: ``_constants.py``); :class:`~sccvae.SCCVAE` passes every value, gene nodes' included.
-_ABSTRACT = MODEL_DEFAULTS["abstract"]
 
 
 class SCCVAEModule(ShiftInterventionMixin, BaseModuleClass):
@@ -73,8 +69,9 @@ class SCCVAEModule(ShiftInterventionMixin, BaseModuleClass):
     initial_magnitude
         Initial ``c_t`` of every training target (a number or one per target).
     n_hidden, n_layers
-        Width and depth of encoder and decoder. This and the loss weights below default to
-        the model's settings for abstract nodes (``MODEL_DEFAULTS["abstract"]``).
+        Width and depth of encoder and decoder. This, the loss weights and the perturbation
+        encoder below default to :class:`~sccvae.SCCVAE`'s defaults (the paper's are in
+        :data:`~sccvae._constants.PAPER_MODEL`).
     n_hidden_perturbation
         Width of the hidden layer of the perturbation encoder.
     dropout_rate
@@ -114,19 +111,19 @@ class SCCVAEModule(ShiftInterventionMixin, BaseModuleClass):
         gene_center: np.ndarray | None = None,
         gene_scale: np.ndarray | None = None,
         initial_magnitude: float | np.ndarray = 3.0,
-        n_hidden: int = _ABSTRACT["n_hidden"],
-        n_layers: int = _ABSTRACT["n_layers"],
+        n_hidden: int = 512,
+        n_layers: int = 1,
         n_hidden_perturbation: int = 128,
         dropout_rate: float = 0.0,
         likelihood: Likelihood = "gaussian",
-        mmd_weight: float = _ABSTRACT["mmd_weight"],
-        control_reconstruction_weight: float = _ABSTRACT["control_reconstruction_weight"],
+        mmd_weight: float = 0.0,
+        control_reconstruction_weight: float = 16.0,
         node_weight: float = 1.0,
-        mean_weight: float = _ABSTRACT["mean_weight"],
+        mean_weight: float = 10.0,
         target_temperature: float = 0.2,
         linear_decoder: bool = False,
         shared_response: bool = True,
-        perturbation_encoder: Literal["softmax", "direction"] = _ABSTRACT["perturbation_encoder"],
+        perturbation_encoder: Literal["softmax", "direction"] = "direction",
         expression_floor: float | None = None,
         seed: int = 0,
     ):

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from scvi.train import TrainingPlan
 
-from .._constants import DEFAULT_TRAINING_STEPS, SMALL_MODEL_PARAMETERS, TRAIN_DEFAULTS
+from .._constants import DEFAULT_TRAINING_STEPS, SMALL_MODEL_PARAMETERS
 
 logger = logging.getLogger(__name__)
 
@@ -29,9 +29,9 @@ LOSS_COMPONENTS = (
 class SCCVAETrainingPlan(TrainingPlan):
     """:class:`scvi.train.TrainingPlan` with the reference's defaults for SCCVAE.
 
-    Adam with ``eps=0.01`` and ``weight_decay=1e-6``; ``lr`` and the final KL weight
-    ``max_kl_weight`` come from :meth:`SCCVAE.train <sccvae.SCCVAE.train>` (``2e-3`` and
-    ``0.1`` with gene nodes, the paper's ``1e-3`` and ``1`` with abstract nodes). The KL
+    Adam with ``eps=0.01`` and ``weight_decay=1e-6``; ``lr`` ``2e-3`` and the final KL weight
+    ``max_kl_weight`` ``0.1`` by default (chosen with gene nodes on validation screens; the
+    paper's ``1e-3`` and ``1`` are in :data:`~sccvae._constants.PAPER_TRAINING`). The KL
     weight rises linearly from 0 over ``n_epochs_kl_warmup`` epochs (the model sets it to
     the number of epochs it trains for). Each loss term is logged per epoch as ``{term}_train`` /
     ``{term}_validation`` with ``sync_dist`` so the logs are correct under DDP, plus
@@ -43,11 +43,18 @@ class SCCVAETrainingPlan(TrainingPlan):
         self,
         module,
         *,
-        lr: float = TRAIN_DEFAULTS["abstract"]["lr"],
+        lr: float = 2e-3,
+        max_kl_weight: float = 0.1,
         n_epochs_kl_warmup: int | None = 100,
         **kwargs,
     ):
-        super().__init__(module, lr=lr, n_epochs_kl_warmup=n_epochs_kl_warmup, **kwargs)
+        super().__init__(
+            module,
+            lr=lr,
+            max_kl_weight=max_kl_weight,
+            n_epochs_kl_warmup=n_epochs_kl_warmup,
+            **kwargs,
+        )
 
     def on_train_start(self) -> None:
         """Flush denormal floats to zero while training (restored afterwards).
