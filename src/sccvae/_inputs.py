@@ -171,14 +171,18 @@ def check_counts(matrix, where: str) -> None:
             )
 
 
-def log_normalize(counts, target_sum: float = 1e4) -> np.ndarray | sp.spmatrix:
+def log_normalize(
+    counts, target_sum: float = 1e4, totals: np.ndarray | None = None
+) -> np.ndarray | sp.spmatrix:
     """Return ``log1p(counts / rowsum * target_sum)``, sparse if ``counts`` is.
 
-    scanpy's ``normalize_total`` + ``log1p`` in the counts' own precision; rows without
-    counts stay 0. (:func:`sccvae.data.log_normalize_counts` is the same as float32 CSR.)
+    scanpy's ``normalize_total`` + ``log1p``, computed in float64; rows without counts stay 0.
+    ``totals``: each row's total count, when ``counts`` holds only some of each cell's genes.
+    (:func:`sccvae.data.log_normalize_counts` gives it as float32 CSR.)
     """
-    totals = np.asarray(counts.sum(axis=1)).ravel()
-    scale = target_sum / np.maximum(totals, 1.0)
+    if totals is None:
+        totals = counts.sum(axis=1, dtype=np.float64)
+    scale = target_sum / np.maximum(np.asarray(totals, dtype=np.float64).ravel(), 1.0)
     if sp.issparse(counts):
         scaled = sp.diags(scale) @ counts
         return scaled.log1p()

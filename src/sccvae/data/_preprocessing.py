@@ -21,7 +21,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from sccvae._inputs import dense
+from sccvae._inputs import dense, log_normalize
 from sccvae._perturbations import (
     check_control_label,
     parse_perturbation,
@@ -52,12 +52,7 @@ def log_normalize_counts(counts, target_sum: float = 1e4) -> sp.csr_matrix:
     Identical to ``scanpy.pp.normalize_total(target_sum=target_sum)`` followed by
     ``scanpy.pp.log1p``.
     """
-    counts = _as_csr_float32(counts)
-    totals = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
-    scale = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
-    row_of_entry = np.repeat(np.arange(counts.shape[0]), np.diff(counts.indptr))
-    data = np.log1p(counts.data.astype(np.float64) * scale[row_of_entry]).astype(np.float32)
-    return sp.csr_matrix((data, counts.indices.copy(), counts.indptr.copy()), shape=counts.shape)
+    return sp.csr_matrix(log_normalize(_as_csr_float32(counts), target_sum), dtype=np.float32)
 
 
 def normalize(

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from .._inputs import dense
+from .._inputs import dense, log_normalize
 from ..module._scm import build_graph_mask
 
 logger = logging.getLogger(__name__)
@@ -210,7 +210,7 @@ def observed_own_changes(
         values = dense(expression[cells][:, [column[t]]]).ravel()
         if counts:
             libraries = np.asarray(expression[cells].sum(axis=1)).ravel()
-            values = np.log1p(1e4 * values / np.maximum(libraries, 1.0))
+            values = log_normalize(values[:, None], totals=libraries).ravel()
         initial[i] = (values.mean() - center[column[t]]) / scale[column[t]]
     return initial
 
