@@ -1,9 +1,11 @@
 """The benchmark run, as a sequence of steps: check, plan, fit and score, summarise.
 
-Each step lives in a module of its own: ``_settings`` (the argument checks, the run's
-settings and config record), ``_plan`` (the data's expression, the working copy, the
-design and the folds), ``_fold`` (fitting and scoring every method on every fold) and
-``_summary`` (pooling the scores and summarising them).
+Each step lives in a module of its own: ``_arguments`` (the argument checks and the run's
+config record), ``_data`` (reading or simulating the data), ``_plan`` (the data's
+expression, the working copy, the design and the folds), ``_settings`` (the frozen
+settings every fold reads), ``_scoring`` (fitting and scoring every method on every fold)
+and ``_summary`` (pooling the scores and summarising them). Its many keyword arguments are
+the ``sccvae benchmark`` command's options, one each.
 """
 
 from __future__ import annotations
