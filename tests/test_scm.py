@@ -80,6 +80,7 @@ def test_combination_shifts_add():
         label_targets=np.array([[0, 0], [1, 0], [0, 1], [1, 1]], dtype=np.float32),
         target_embedding=np.random.default_rng(0).normal(size=(2, 4)).astype(np.float32),
         n_hidden=16,
+        perturbation_encoder="softmax",  # the paper's: each target's shift sums to c_t
     )
     with torch.no_grad():
         module.magnitude.copy_(torch.tensor([0.7, 1.9]))
