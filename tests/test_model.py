@@ -424,3 +424,13 @@ def test_removed_options_are_named_and_saved_models_that_recorded_them_load(
         rtol=1e-5,
         atol=1e-6,
     )
+
+
+def test_sizes_and_weights_that_are_not_numbers_are_named(toy_adata):
+    SCCVAE.setup_anndata(toy_adata)
+    for name, value in [("n_hidden", None), ("n_latent", 0), ("n_layers", 1.5)]:
+        with pytest.raises(ValueError, match=rf"{name} must be a positive integer"):
+            SCCVAE(toy_adata, **{name: value})
+    for name, value in [("mmd_weight", -1.0), ("mean_weight", None), ("mmd_weight", np.nan)]:
+        with pytest.raises(ValueError, match=rf"{name} must be a finite number >= 0"):
+            SCCVAE(toy_adata, **{name: value})

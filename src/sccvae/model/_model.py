@@ -217,6 +217,14 @@ class SCCVAE(
                 f"SCCVAE got unexpected keyword argument(s) {unknown}: its own options are in "
                 f"its signature, and those it passes to SCCVAEModule are {list(MODULE_OPTIONS)}."
             )
+        _check_sizes_and_weights(
+            n_latent=n_latent,
+            n_hidden=n_hidden,
+            n_layers=n_layers,
+            mmd_weight=mmd_weight,
+            control_reconstruction_weight=control_reconstruction_weight,
+            mean_weight=mean_weight,
+        )
         if likelihood not in ("gaussian", "nb"):
             raise ValueError(f"likelihood must be 'gaussian' or 'nb', got {likelihood!r}.")
         if latent_nodes not in ("genes", "abstract"):
@@ -425,6 +433,17 @@ class SCCVAE(
     def _layer_description(self) -> str:
         layer = self.adata_manager.registry["setup_args"]["layer"]
         return "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+
+
+def _check_sizes_and_weights(**options) -> None:
+    """Raise a ValueError naming an option that is not a positive size or a weight >= 0."""
+    for name, value in options.items():
+        number = isinstance(value, int | float | np.integer | np.floating)
+        if name.startswith("n_"):
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        elif isinstance(value, bool) or not number or not np.isfinite(value) or value < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
 
 
 def _count(n: int, noun: str) -> str:
