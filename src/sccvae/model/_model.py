@@ -56,8 +56,9 @@ MODULE_OPTIONS = (
 #: Options SCCVAE no longer takes, and what to do instead. A saved model that recorded them
 #: still loads: its graph mask, embedding and shifts come back from the saved state.
 REMOVED_OPTIONS = {
-    "graph_density": "graph='random' has density 0.03; for another, pass a DAG "
-    "(sccvae.build_graph_mask('random', n_latent, density=...) gives one)",
+    "graph_density": "graph='random' has density 0.03; for another, pass your own DAG as "
+    "graph= (sccvae.build_graph_mask('random', n, density=...) draws a 0/1 matrix; with gene "
+    "nodes, put it in a DataFrame indexed and columned by the node genes)",
     "n_embedding_components": "for another dimension than 50, pass perturbation_embedding="
     "sccvae.coexpression_embedding(control_expression, genes, n_components=...)",
     "init_magnitude": "a node gene's shift starts from its observed change, another "
@@ -124,7 +125,8 @@ class SCCVAE(
         most :data:`~sccvae.model._nodes.COEXPRESSION_PARENTS`), or a DAG as a numpy array,
         pandas DataFrame or :class:`networkx.DiGraph` (reordered topologically; with gene
         nodes, over gene names: its nodes are the latent nodes). ``"random"`` has density
-        0.03; :func:`sccvae.build_graph_mask` draws one of another density.
+        0.03; :func:`sccvae.build_graph_mask` draws a 0/1 matrix of another density (with
+        gene nodes, pass it as a DataFrame over the node genes).
     likelihood
         ``"gaussian"`` (log-normalised expression, the paper's setting) or ``"nb"`` (raw
         counts, negative binomial with each cell's library size).
