@@ -28,7 +28,7 @@ import time
 import warnings
 
 import pandas as pd
-from _tables import print_method_table
+from _tables import COLUMNS, print_method_table
 
 from sccvae import PAPER_MODEL, PAPER_TRAINING
 
@@ -61,13 +61,6 @@ VARIANTS: dict[str, dict] = {
     "kl_1_nograph": {"graph": "none", "train_kwargs": {"plan_kwargs": {"max_kl_weight": 1.0}}},
 }
 RULES = ("standardized", "log", "relative")
-COLUMNS = (
-    "pearson_delta_all",
-    "pearson_delta_all_notarget",
-    "pearson_delta_de",
-    "pearson_delta_de_notarget",
-    "mse_de",
-)
 #: seeds of simulated test screens: 7 (the main benchmark's), 0 (the ``default`` scenario's)
 TEST_SEEDS = (0, 7)
 

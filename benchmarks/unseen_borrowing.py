@@ -28,7 +28,7 @@ import time
 import warnings
 
 import pandas as pd
-from _tables import print_method_table
+from _tables import COLUMNS, print_method_table
 
 INF = float("inf")
 #: variant -> (temperatures, propagation weights) tried; None keeps the default grid
@@ -39,13 +39,6 @@ VARIANTS: dict[str, tuple[tuple[float, ...] | None, tuple[float, ...] | None]] =
     "similarity, no propagation": (None, (0.0,)),
     "similarity, full propagation": (None, (1.0,)),
 }
-COLUMNS = (
-    "pearson_delta_all",
-    "pearson_delta_all_notarget",
-    "pearson_delta_de",
-    "pearson_delta_de_notarget",
-    "mse_de",
-)
 
 
 @contextlib.contextmanager
