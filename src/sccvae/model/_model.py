@@ -219,10 +219,8 @@ class SCCVAE(
                 f"SCCVAE got unexpected keyword argument(s) {unknown}: its own options are in "
                 f"its signature, and those it passes to SCCVAEModule are {list(MODULE_OPTIONS)}."
             )
-        _check_sizes_and_weights(
-            n_latent=n_latent,
-            n_hidden=n_hidden,
-            n_layers=n_layers,
+        _check_sizes(n_latent=n_latent, n_hidden=n_hidden, n_layers=n_layers)
+        _check_weights(
             mmd_weight=mmd_weight,
             control_reconstruction_weight=control_reconstruction_weight,
             mean_weight=mean_weight,
@@ -437,14 +435,18 @@ class SCCVAE(
         return "adata.X" if layer is None else f"adata.layers[{layer!r}]"
 
 
-def _check_sizes_and_weights(**options) -> None:
-    """Raise a ValueError naming an option that is not a positive size or a weight >= 0."""
-    for name, value in options.items():
+def _check_sizes(**sizes) -> None:
+    """Raise a ValueError naming a size that is not a positive integer."""
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+
+
+def _check_weights(**weights) -> None:
+    """Raise a ValueError naming a loss weight that is not a finite number >= 0."""
+    for name, value in weights.items():
         number = isinstance(value, int | float | np.integer | np.floating)
-        if name.startswith("n_"):
-            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-        elif isinstance(value, bool) or not number or not np.isfinite(value) or value < 0:
+        if isinstance(value, bool) or not number or not np.isfinite(value) or value < 0:
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
 
 

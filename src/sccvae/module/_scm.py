@@ -58,7 +58,7 @@ def build_graph_mask(
             return np.zeros((n_latent, n_latent), dtype=np.float32), default_names
         if graph == "random":
             if not 0.0 <= density <= 1.0:
-                raise ValueError(f"`graph_density` must be in [0, 1], got {density}.")
+                raise ValueError(f"`density` must be in [0, 1], got {density}.")
             rng = np.random.default_rng(seed)
             upper = np.triu(rng.random((n_latent, n_latent)) < density, k=1)
             return upper.astype(np.float32), default_names
