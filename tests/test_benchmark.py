@@ -358,7 +358,7 @@ def test_default_simulated_folds_unchanged(monkeypatch):
     monkeypatch.setattr(_scoring, "_run_fold", lambda *args, **kwargs: [])
     result = run_benchmark(progress=False)
     adata, _ = load_data("simulated")  # the realistic scenario at the test seed
-    assert result.config["data"]["scenario"] == "realistic" and result.config["seed"] == 7
+    assert result.config["data"]["scenario"] == "realistic" and result.config["seed"] == 11
     default = unseen_perturbation_folds(adata, n_folds=5, seed=TEST_SEED)
     assert len(result.splits) == 5 and not result.config["always_train"]
     assert [s.to_dict() for s in result.splits] == [s.to_dict() for s in default]

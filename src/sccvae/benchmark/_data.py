@@ -44,9 +44,11 @@ def _as_float32(x):
 
 #: The simulated scenario of the main benchmark (``sccvae benchmark`` with no data given).
 DEFAULT_SCENARIO = "realistic"
-#: The main benchmark's test seed. Fixed before any design work on the ``realistic``
-#: scenario: designs are chosen on other seeds (1-5) and on real screens, never on this one.
-TEST_SEED = 7
+#: The main benchmark's test seed. Fixed before the ``realistic`` scenario was recalibrated
+#: (its control-cell coexpression, against the real screen): designs are chosen on other
+#: seeds (1-5) and on real screens, never on this one. 7, the test seed before that
+#: recalibration, and 0, the ``default`` scenario's, were looked at and are not test seeds.
+TEST_SEED = 11
 
 
 def load_data(

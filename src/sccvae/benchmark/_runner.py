@@ -108,7 +108,7 @@ def run_benchmark(
         else the first method) against every other method.
     seed
         Seed of the simulation, the splits, the models and the predictions. The default,
-        :data:`~sccvae.benchmark._data.TEST_SEED` (7), is the main benchmark's test screen:
+        :data:`~sccvae.benchmark._data.TEST_SEED` (11), is the main benchmark's test screen:
         choose designs on other seeds.
     out
         If given, a directory receiving the outputs of :func:`write_outputs`.
