@@ -2,12 +2,12 @@
 
 The default ``sccvae benchmark`` scores held-out perturbations of the realistic simulated
 screen with the test seed 11 (7 was the test seed before the scenario's recalibration, 0 the
-``default`` scenario's). Every design choice of
-SCCVAE was made here instead, on screens simulated with another seed (a different gene
-network, different targets), or leave-one-target-out on a real screen (``--data``), so the
-choices never look at the benchmark's test perturbations. Each variant below is SCCVAE with one setting changed
-from the default; each is trained on the unseen-perturbation folds of the validation screen
-and scored on their held-out perturbations, next to the baselines.
+``default`` scenario's). Every design choice of SCCVAE was made here instead, on screens
+simulated with another seed (a different gene network, different targets), or
+leave-one-target-out on a real screen (``--data``), so the choices never look at the
+benchmark's test perturbations. Each variant below is SCCVAE with one setting changed from
+the default; each is trained on the unseen-perturbation folds of the validation screen and
+scored on their held-out perturbations, next to the baselines.
 
 Usage::
 
