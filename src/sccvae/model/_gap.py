@@ -18,6 +18,12 @@ import torch
 from .._inputs import dense
 from ..module._saturation import saturated_with_slope
 
+#: Training control cells (a seeded draw) that stand for the model's population of control
+#: cells: the calibration fits trained targets' changes on them, unseen targets' borrowed
+#: changes are pinned on them, and :meth:`~sccvae.SCCVAE.predict` gives its predicted cells
+#: the mean change the model makes on them.
+REFERENCE_CELLS = 256
+
 
 @torch.no_grad()
 def reference_cells(
@@ -37,6 +43,23 @@ def reference_cells(
     x = torch.as_tensor(dense(expression[sample]), dtype=torch.float32, device=device)
     z = module.posterior_draw(x, torch.Generator().manual_seed(seed))
     return z, module.standardize(x)
+
+
+def pinned_mean_shift(
+    cells: torch.Tensor, drive: torch.Tensor, wanted: torch.Tensor, floor: torch.Tensor | float
+) -> torch.Tensor:
+    """Gene-wise shift that gives a group of counterfactual cells the ``wanted`` mean change.
+
+    ``cells`` are source cells on the scale :meth:`~sccvae.module._module.SCCVAEModule.abduct`
+    moves them on, ``drive`` their changes and ``floor`` that scale's floor: the shift ``r``
+    with ``mean(max(cells + drive + r, floor)) - mean(cells) = wanted``, gene by gene (abduct
+    has no decrease bound). A gene whose source cells all sit at the floor cannot go down:
+    it takes the shift that reaches the limit.
+    """
+    genes = cells.shape[1]
+    floor = torch.as_tensor(floor, dtype=cells.dtype, device=cells.device).reshape(-1)
+    bound = torch.full((genes,), float("inf"), dtype=cells.dtype, device=cells.device)
+    return _censored_shift(cells, drive, cells.mean(dim=0), wanted, floor.expand(genes), bound)
 
 
 def fitted_gap(

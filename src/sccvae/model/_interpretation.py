@@ -91,7 +91,8 @@ class InterpretationMixin:
         module = self.module
         intervention = self._intervention(perturbations)
         weights, targets = intervention.weights, intervention.targets
-        z, _, _, source = self._encode_controls(adata, n_cells, seed, sample=False)
+        z, library, _, source = self._encode_controls(adata, n_cells, seed, sample=False)
+        reference = self._reference_population()
         per_target = module.target_shifts(targets)
         own = weights @ per_target
         shared = (weights @ targets["shared_strength"])[:, None] * module.shared_shift
@@ -105,8 +106,10 @@ class InterpretationMixin:
             # the same generative pass as predict: shifts, propagation, residuals, saturation
             outputs = module.generative(z, weights[row].expand(z.shape[0], -1), targets=targets)
             causal.append(outputs["u"].mean(0))
-            cells = module.abduct(source, outputs["prediction"], outputs["control_prediction"])
-            decoded.append(module.log_expression(cells).mean(0) - source_mean)
+            cells = self._decode_intervention(
+                z, library, weights[row], targets, source, log_normalized=True, reference=reference
+            )
+            decoded.append(cells.mean(0) - source_mean)
         u0 = module.scm(z)
         obs = pd.DataFrame(
             {

@@ -31,7 +31,7 @@ import torch
 
 from .._inputs import dense, log_normalize, registered_expression
 from ._borrowing import borrowing_weights, control_signatures, similarities
-from ._gap import fitted_gap, reference_cells
+from ._gap import REFERENCE_CELLS, fitted_gap, reference_cells
 
 #: How the own-node shift ``c`` of an unseen node gene is predicted from the training
 #: targets' ``c`` (standardised units):
@@ -355,7 +355,7 @@ class InterventionMixin:
         return shifts, self._pinned_residuals(shifts, weights @ changes)
 
     def _pinned_residuals(
-        self, shifts: torch.Tensor, wanted: torch.Tensor, n_cells: int = 256
+        self, shifts: torch.Tensor, wanted: torch.Tensor, n_cells: int = REFERENCE_CELLS
     ) -> torch.Tensor:
         """Gene residuals that make each latent shift's mean change the ``wanted`` one.
 

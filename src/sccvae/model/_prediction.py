@@ -14,6 +14,7 @@ import torch
 
 from .._inputs import CHUNK, check_model_genes, dense, registered_expression
 from .._perturbations import canonical, check_control_label, perturbation_labels
+from ._gap import REFERENCE_CELLS, pinned_mean_shift, reference_cells
 from ._reference import flag_extrapolation
 
 logger = logging.getLogger(__name__)
@@ -63,7 +64,12 @@ class PredictionMixin:
             posterior shared by both terms (for ``"nb"``, on the cell's log-normalised
             expression, see :meth:`~sccvae.SCCVAEModule.abduct`). Cells then vary as real
             cells do, and the model's reconstruction error does not enter the predicted
-            change. ``False`` returns decoder outputs ``g(u)`` for ``z`` sampled from the
+            change. As a group they take the mean change the model makes on its reference
+            cells (:data:`~sccvae.model._gap.REFERENCE_CELLS` seeded training control cells):
+            each cell keeps its own change, and which source cells were drawn does not move
+            the predicted mean change (a cell with no count of a gene cannot lose it, so the
+            mean change of a few cells' own counterfactuals would carry the noise of the
+            draw). ``False`` returns decoder outputs ``g(u)`` for ``z`` sampled from the
             posterior.
         log_normalized
             For ``likelihood="nb"``: return the cells' log-normalised expression
@@ -101,10 +107,17 @@ class PredictionMixin:
         intervention = self._intervention(perturbations)
         z, library, names, x = self._encode_controls(adata, n_cells, seed)
         source = x if counterfactual else None
+        reference = self._reference_population() if counterfactual else None
         blocks, obs, means = [], [], []
         for row, label in enumerate(perturbations):
             cells = self._decode_intervention(
-                z, library, intervention.weights[row], intervention.targets, source, log_normalized
+                z,
+                library,
+                intervention.weights[row],
+                intervention.targets,
+                source,
+                log_normalized,
+                reference,
             )
             blocks.append(cells.cpu().numpy())
             means.append(self.module.log_expression(cells).mean(dim=0))
@@ -163,10 +176,13 @@ class PredictionMixin:
         intervention = self._intervention([perturbation])
         z, library, names, source = self._encode_controls(adata, n_cells, seed)
         source = source if counterfactual else None
+        reference = self._reference_population() if counterfactual else None
         blocks, obs = [], []
         for level in penetrance:
             targets = intervention.scaled(level)
-            cells = self._decode_intervention(z, library, intervention.weights[0], targets, source)
+            cells = self._decode_intervention(
+                z, library, intervention.weights[0], targets, source, reference=reference
+            )
             blocks.append(cells.cpu().numpy())
             obs.append(
                 pd.DataFrame(
@@ -275,34 +291,76 @@ class PredictionMixin:
         return torch.cat(z_parts), torch.cat(library_parts), names[rows], torch.cat(x_parts)
 
     def _decode_intervention(
-        self, z, library, weights_row, targets, source=None, log_normalized: bool = False
+        self,
+        z,
+        library,
+        weights_row,
+        targets,
+        source=None,
+        log_normalized: bool = False,
+        reference=None,
     ) -> torch.Tensor:
         """Predicted cells under one intervention; with ``source`` cells, their counterfactuals.
 
+        Counterfactuals as a group take the mean change the model makes on its ``reference``
+        cells (:meth:`_reference_population`, drawn when not given): each keeps its own
+        change, the group's mean is pinned (:func:`~sccvae.model._gap.pinned_mean_shift`),
+        so that which source cells were drawn does not move the predicted mean change.
         ``log_normalized``: on the log-normalised scale rather than the input's (counts).
         """
-        out = []
+        module = self.module
+        out, drives = [], []
         for start in range(0, z.shape[0], CHUNK):
             z_chunk = z[start : start + CHUNK]
-            outputs = self.module.generative(
+            outputs = module.generative(
                 z_chunk,
                 weights_row.expand(z_chunk.shape[0], -1),
                 library=library[start : start + CHUNK],
                 targets=targets,
             )
             if source is None:
-                cells = self.module.expression_mean(outputs["prediction"], outputs["library"])
-                if log_normalized:
-                    cells = self.module.log_expression(cells)
+                cells = module.expression_mean(outputs["prediction"], outputs["library"])
+                out.append(module.log_expression(cells) if log_normalized else cells)
             else:
-                cells = self.module.abduct(
+                drives.append(outputs["prediction"] - outputs["control_prediction"])
+        if source is None:
+            return torch.cat(out)
+        drive = torch.cat(drives)
+        reference = self._reference_population() if reference is None else reference
+        shift = pinned_mean_shift(
+            module.log_expression(source),
+            drive,
+            _reference_change(module, reference, weights_row, targets),
+            module.abduction_floor,
+        )
+        zero = torch.zeros_like(drive[:1])
+        return torch.cat(
+            [
+                module.abduct(
                     source[start : start + CHUNK],
-                    outputs["prediction"],
-                    outputs["control_prediction"],
+                    drive[start : start + CHUNK],
+                    zero,
                     log_normalized=log_normalized,
+                    shift=shift,
                 )
-            out.append(cells)
-        return torch.cat(out)
+                for start in range(0, z.shape[0], CHUNK)
+            ]
+        )
+
+    def _reference_population(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw the model's reference cells: their posterior ``z`` and log-normalised expression.
+
+        :data:`~sccvae.model._gap.REFERENCE_CELLS` seeded training control cells, those the
+        borrowed changes of unseen targets are pinned on. They stand for the population:
+        counterfactuals of a few source cells differ in their mean change by which cells were
+        drawn (a cell with no count of a gene cannot lose it), and the model's estimate of a
+        perturbation's mean change should not.
+        """
+        module = self.module
+        control, _ = self._control_expression(self.adata)
+        rows = np.arange(control.shape[0])
+        z, standardized = reference_cells(module, control, rows, REFERENCE_CELLS, self.seed_)
+        return z, standardized * module.gene_scale + module.gene_center
 
     def _cells_to_anndata(
         self, blocks: list[np.ndarray], obs: pd.DataFrame, return_mean: bool, group_key: str
@@ -330,6 +388,14 @@ class PredictionMixin:
         rows = np.flatnonzero(labels == self.control_label_)
         expression = registered_expression(self.adata_manager, adata)
         return expression[rows], adata.obs_names[rows].to_numpy()
+
+
+def _reference_change(module, reference, weights_row, targets) -> torch.Tensor:
+    """Mean change of the ``reference`` cells' counterfactuals under one intervention."""
+    z, logged = reference
+    outputs = module.generative(z, weights_row.expand(z.shape[0], -1), targets=targets)
+    drive = outputs["prediction"] - outputs["control_prediction"]
+    return (module.moved_log_expression(logged, drive) - logged).mean(dim=0)
 
 
 def _penetrance_levels(penetrance: float | Sequence[float]) -> list[float]:

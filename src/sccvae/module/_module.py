@@ -415,6 +415,7 @@ class SCCVAEModule(ShiftInterventionMixin, BaseModuleClass):
         prediction: torch.Tensor,
         control_prediction: torch.Tensor,
         log_normalized: bool = False,
+        shift: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Counterfactual of an observed control cell that keeps its own residual.
 
@@ -427,16 +428,33 @@ class SCCVAEModule(ShiftInterventionMixin, BaseModuleClass):
         of, so a sparse gene's mean would move far less than predicted). It is returned as
         counts at the cell's library size (not integers), or with ``log_normalized`` as the
         log-normalised counterfactual itself: log-normalising the counts again, on their new
-        total, moves every gene of a cell whose total changed.
+        total, moves every gene of a cell whose total changed. ``shift``: a gene-wise shift
+        added to every cell's change before the floor (how a group of cells is given a mean
+        change, see :func:`~sccvae.model._gap.pinned_mean_shift`).
         """
+        drive = prediction - control_prediction
+        if shift is not None:
+            drive = drive + shift
+        moved = self.moved_log_expression(self.log_expression(source), drive)
         if self.likelihood == "nb":
-            library = source.sum(dim=1, keepdim=True).clamp_min(1.0)
-            logged = self.log_expression(source)
-            moved = (logged + prediction - control_prediction).clamp_min(0.0)
             if log_normalized:
                 return moved
+            library = source.sum(dim=1, keepdim=True).clamp_min(1.0)
             return torch.expm1(moved) * library / NB_SCALE_FACTOR
-        return (source + prediction - control_prediction).clamp_min(self.expression_floor)
+        return moved
+
+    @property
+    def abduction_floor(self) -> torch.Tensor | float:
+        """The floor of a counterfactual on the scale :meth:`abduct` moves cells on.
+
+        ``"nb"``: zero log-normalised expression (no count); ``"gaussian"``: the data's
+        expression floor.
+        """
+        return 0.0 if self.likelihood == "nb" else self.expression_floor
+
+    def moved_log_expression(self, logged: torch.Tensor, drive: torch.Tensor) -> torch.Tensor:
+        """Cells' log-normalised expression moved by ``drive``, at :attr:`abduction_floor`."""
+        return (logged + drive).clamp_min(self.abduction_floor)
 
     def loss(
         self,
