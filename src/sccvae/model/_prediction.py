@@ -33,6 +33,7 @@ class PredictionMixin:
         seed: int | None = None,
         counterfactual: bool = True,
         log_normalized: bool = False,
+        pin_mean: bool = True,
     ) -> ad.AnnData:
         """Predict cells under seen, unseen or combined perturbations.
 
@@ -78,6 +79,11 @@ class PredictionMixin:
             gene of a cell whose total the perturbation changed, a second time: compare
             predictions with log-normalised observed cells on this scale. No effect for
             ``"gaussian"`` (``X`` already holds log-normalised expression).
+        pin_mean
+            With ``counterfactual``: give each label's cells, as a group, the mean change the
+            model makes on its reference cells (above). ``False`` leaves every cell's change
+            as the structure makes it for that cell (the group's mean change then depends on
+            which source cells were drawn): for studying the per-cell response itself.
 
         Returns
         -------
@@ -107,7 +113,7 @@ class PredictionMixin:
         intervention = self._intervention(perturbations)
         z, library, names, x = self._encode_controls(adata, n_cells, seed)
         source = x if counterfactual else None
-        reference = self._reference_population() if counterfactual else None
+        reference = self._reference_population() if counterfactual and pin_mean else None
         blocks, obs, means = [], [], []
         for row, label in enumerate(perturbations):
             cells = self._decode_intervention(
@@ -118,6 +124,7 @@ class PredictionMixin:
                 source,
                 log_normalized,
                 reference,
+                pin_mean,
             )
             blocks.append(cells.cpu().numpy())
             means.append(self.module.log_expression(cells).mean(dim=0))
@@ -153,15 +160,18 @@ class PredictionMixin:
         return_mean: bool = False,
         seed: int | None = None,
         counterfactual: bool = True,
+        pin_mean: bool = True,
     ) -> ad.AnnData:
         """Cells under a perturbation whose shift is scaled from 0 to its full magnitude.
 
         Scaling the shift by a penetrance in [0, 1] mimics a partial knock-down (or
         activation): 0 gives the model's unperturbed cells, 1 its full prediction. The same
-        control cells are used at every level, so the result is a dose-response per gene; a
-        node gene's own expression moves linearly with the penetrance in every cell until it
-        reaches the expression floor (zero counts). ``counterfactual`` is
-        as in :meth:`predict` (penetrance 0 then returns the source cells themselves).
+        control cells are used at every level, so the result is a dose-response per gene.
+        ``counterfactual`` and ``pin_mean`` are as in :meth:`predict` (penetrance 0 then
+        returns the source cells themselves); with ``pin_mean=False`` a node gene's own
+        expression moves linearly with the penetrance in every cell until it reaches the
+        expression floor (zero counts), with the default the cells' mean change at each
+        level is the model's on its reference cells.
 
         Returns
         -------
@@ -176,12 +186,18 @@ class PredictionMixin:
         intervention = self._intervention([perturbation])
         z, library, names, source = self._encode_controls(adata, n_cells, seed)
         source = source if counterfactual else None
-        reference = self._reference_population() if counterfactual else None
+        reference = self._reference_population() if counterfactual and pin_mean else None
         blocks, obs = [], []
         for level in penetrance:
             targets = intervention.scaled(level)
             cells = self._decode_intervention(
-                z, library, intervention.weights[0], targets, source, reference=reference
+                z,
+                library,
+                intervention.weights[0],
+                targets,
+                source,
+                reference=reference,
+                pin_mean=pin_mean,
             )
             blocks.append(cells.cpu().numpy())
             obs.append(
@@ -299,14 +315,16 @@ class PredictionMixin:
         source=None,
         log_normalized: bool = False,
         reference=None,
+        pin_mean: bool = True,
     ) -> torch.Tensor:
         """Predicted cells under one intervention; with ``source`` cells, their counterfactuals.
 
         Counterfactuals as a group take the mean change the model makes on its ``reference``
         cells (:meth:`_reference_population`, drawn when not given): each keeps its own
         change, the group's mean is pinned (:func:`~sccvae.model._gap.pinned_mean_shift`),
-        so that which source cells were drawn does not move the predicted mean change.
-        ``log_normalized``: on the log-normalised scale rather than the input's (counts).
+        so that which source cells were drawn does not move the predicted mean change
+        (unless not ``pin_mean``). ``log_normalized``: on the log-normalised scale rather
+        than the input's (counts).
         """
         module = self.module
         out, drives = [], []
@@ -326,13 +344,15 @@ class PredictionMixin:
         if source is None:
             return torch.cat(out)
         drive = torch.cat(drives)
-        reference = self._reference_population() if reference is None else reference
-        shift = pinned_mean_shift(
-            module.log_expression(source),
-            drive,
-            _reference_change(module, reference, weights_row, targets),
-            module.abduction_floor,
-        )
+        shift = None
+        if pin_mean:
+            reference = self._reference_population() if reference is None else reference
+            shift = pinned_mean_shift(
+                module.log_expression(source),
+                drive,
+                _reference_change(module, reference, weights_row, targets),
+                module.abduction_floor,
+            )
         zero = torch.zeros_like(drive[:1])
         return torch.cat(
             [
