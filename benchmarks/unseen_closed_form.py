@@ -55,7 +55,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import wilcoxon
 
-from sccvae._inputs import dense, log_normalize
+from sccvae._inputs import dense, log_normalize, looks_like_counts
+from sccvae.metrics import pearson
 from sccvae.model._borrowing import (
     borrowable_changes,
     borrowing_weights,
@@ -137,21 +138,15 @@ def _predictions(train: Training, target: int) -> dict[str, np.ndarray]:
     return out
 
 
-def _pearson(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a - a.mean(), b - b.mean()
-    norm = np.sqrt((a @ a) * (b @ b))
-    return float(a @ b / norm) if norm > 0 else float("nan")
-
-
 def _scores(predicted: np.ndarray, observed: np.ndarray, t: np.ndarray, target: int) -> dict:
     order = np.argsort(-np.abs(t), kind="stable")
     de, de_nt = order[:N_DE], order[order != target][:N_DE]
     others = np.arange(observed.size) != target
     return {
-        "all": _pearson(predicted, observed),
-        "all_nt": _pearson(predicted[others], observed[others]),
-        "de": _pearson(predicted[de], observed[de]),
-        "de_nt": _pearson(predicted[de_nt], observed[de_nt]),
+        "all": pearson(predicted, observed),
+        "all_nt": pearson(predicted[others], observed[others]),
+        "de": pearson(predicted[de], observed[de]),
+        "de_nt": pearson(predicted[de_nt], observed[de_nt]),
         "mse_de": float(np.mean((predicted[de] - observed[de]) ** 2)),
     }
 
@@ -163,7 +158,7 @@ def _file_folds(path: str, obs_filter: str | None):
     if obs_filter:
         adata = adata[adata.obs.eval(obs_filter).to_numpy()].copy()
     x = dense(adata.X).astype(np.float64)
-    if np.all(x >= 0) and np.all(x == np.round(x)):
+    if looks_like_counts(x):
         x = log_normalize(x)
     labels = adata.obs["perturbation"].astype(str).to_numpy()
     column = {g: i for i, g in enumerate(adata.var_names)}

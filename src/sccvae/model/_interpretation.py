@@ -91,7 +91,7 @@ class InterpretationMixin:
         module = self.module
         intervention = self._intervention(perturbations)
         weights, targets = intervention.weights, intervention.targets
-        z, library, _, source = self._encode_controls(adata, n_cells, seed, sample=False)
+        z, _, _, source = self._encode_controls(adata, n_cells, seed, sample=False)
         reference = self._reference_population()
         per_target = module.target_shifts(targets)
         own = weights @ per_target
@@ -106,8 +106,9 @@ class InterpretationMixin:
             # the same generative pass as predict: shifts, propagation, residuals, saturation
             outputs = module.generative(z, weights[row].expand(z.shape[0], -1), targets=targets)
             causal.append(outputs["u"].mean(0))
-            cells = self._decode_intervention(
-                z, library, weights[row], targets, source, log_normalized=True, reference=reference
+            drive = outputs["prediction"] - outputs["control_prediction"]
+            cells = self._counterfactuals(
+                source, drive, weights[row], targets, log_normalized=True, reference=reference
             )
             decoded.append(cells.mean(0) - source_mean)
         u0 = module.scm(z)

@@ -124,7 +124,6 @@ class PredictionMixin:
                 source,
                 log_normalized,
                 reference,
-                pin_mean,
             )
             blocks.append(cells.cpu().numpy())
             means.append(self.module.log_expression(cells).mean(dim=0))
@@ -191,13 +190,7 @@ class PredictionMixin:
         for level in penetrance:
             targets = intervention.scaled(level)
             cells = self._decode_intervention(
-                z,
-                library,
-                intervention.weights[0],
-                targets,
-                source,
-                reference=reference,
-                pin_mean=pin_mean,
+                z, library, intervention.weights[0], targets, source, reference=reference
             )
             blocks.append(cells.cpu().numpy())
             obs.append(
@@ -315,19 +308,15 @@ class PredictionMixin:
         source=None,
         log_normalized: bool = False,
         reference=None,
-        pin_mean: bool = True,
     ) -> torch.Tensor:
         """Predicted cells under one intervention; with ``source`` cells, their counterfactuals.
 
-        Counterfactuals as a group take the mean change the model makes on its ``reference``
-        cells (:meth:`_reference_population`, drawn when not given): each keeps its own
-        change, the group's mean is pinned (:func:`~sccvae.model._gap.pinned_mean_shift`),
-        so that which source cells were drawn does not move the predicted mean change
-        (unless not ``pin_mean``). ``log_normalized``: on the log-normalised scale rather
-        than the input's (counts).
+        With a ``reference`` (:meth:`_reference_population`) the counterfactuals are pinned,
+        as a group, to the mean change the model makes on it (:meth:`_counterfactuals`).
+        ``log_normalized``: on the log-normalised scale rather than the input's (counts).
         """
         module = self.module
-        out, drives = [], []
+        out = []
         for start in range(0, z.shape[0], CHUNK):
             z_chunk = z[start : start + CHUNK]
             outputs = module.generative(
@@ -340,30 +329,36 @@ class PredictionMixin:
                 cells = module.expression_mean(outputs["prediction"], outputs["library"])
                 out.append(module.log_expression(cells) if log_normalized else cells)
             else:
-                drives.append(outputs["prediction"] - outputs["control_prediction"])
+                out.append(outputs["prediction"] - outputs["control_prediction"])
         if source is None:
             return torch.cat(out)
-        drive = torch.cat(drives)
-        shift = None
-        if pin_mean:
-            reference = self._reference_population() if reference is None else reference
-            shift = pinned_mean_shift(
+        return self._counterfactuals(
+            source, torch.cat(out), weights_row, targets, log_normalized, reference
+        )
+
+    def _counterfactuals(
+        self, source, drive, weights_row, targets, log_normalized: bool = False, reference=None
+    ) -> torch.Tensor:
+        """Counterfactuals of ``source`` cells moved by ``drive`` (``g(u) - g(u0)`` per cell).
+
+        With a ``reference``, the cells as a group take the mean change the model makes on
+        it: each keeps its own change, a gene-wise shift pins the group's mean
+        (:func:`~sccvae.model._gap.pinned_mean_shift`), so that which source cells were drawn
+        does not move the predicted mean change. ``None`` leaves each cell's change as the
+        structure makes it.
+        """
+        module = self.module
+        if reference is not None:
+            drive = drive + pinned_mean_shift(
                 module.log_expression(source),
                 drive,
                 _reference_change(module, reference, weights_row, targets),
                 module.abduction_floor,
             )
-        zero = torch.zeros_like(drive[:1])
         return torch.cat(
             [
-                module.abduct(
-                    source[start : start + CHUNK],
-                    drive[start : start + CHUNK],
-                    zero,
-                    log_normalized=log_normalized,
-                    shift=shift,
-                )
-                for start in range(0, z.shape[0], CHUNK)
+                module.abduct(source[i : i + CHUNK], drive[i : i + CHUNK], log_normalized)
+                for i in range(0, source.shape[0], CHUNK)
             ]
         )
 

@@ -410,12 +410,7 @@ class SCCVAEModule(ShiftInterventionMixin, BaseModuleClass):
         return decoded.clamp_min(self.expression_floor)
 
     def abduct(
-        self,
-        source: torch.Tensor,
-        prediction: torch.Tensor,
-        control_prediction: torch.Tensor,
-        log_normalized: bool = False,
-        shift: torch.Tensor | None = None,
+        self, source: torch.Tensor, drive: torch.Tensor, log_normalized: bool = False
     ) -> torch.Tensor:
         """Counterfactual of an observed control cell that keeps its own residual.
 
@@ -428,17 +423,12 @@ class SCCVAEModule(ShiftInterventionMixin, BaseModuleClass):
         of, so a sparse gene's mean would move far less than predicted). It is returned as
         counts at the cell's library size (not integers), or with ``log_normalized`` as the
         log-normalised counterfactual itself: log-normalising the counts again, on their new
-        total, moves every gene of a cell whose total changed. ``shift``: a gene-wise shift
-        added to every cell's change before the floor (how a group of cells is given a mean
-        change, see :func:`~sccvae.model._gap.pinned_mean_shift`).
+        total, moves every gene of a cell whose total changed. ``drive`` is ``g(u) - g(u0)``
+        per cell (plus, for a group pinned to a mean change, a gene-wise shift: see
+        :func:`~sccvae.model._gap.pinned_mean_shift`).
         """
-        drive = prediction - control_prediction
-        if shift is not None:
-            drive = drive + shift
         moved = self.moved_log_expression(self.log_expression(source), drive)
-        if self.likelihood == "nb":
-            if log_normalized:
-                return moved
+        if self.likelihood == "nb" and not log_normalized:
             library = source.sum(dim=1, keepdim=True).clamp_min(1.0)
             return torch.expm1(moved) * library / NB_SCALE_FACTOR
         return moved
