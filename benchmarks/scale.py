@@ -9,6 +9,8 @@ its own): SCCVAE at its defaults (``n_latent=64`` plus one node per measured tar
 their paired control cells, and the time to load their batches; ``step_compute_s`` is the
 median step without the loading), then what ``train`` runs after the optimiser (calibration of
 the trained perturbations, the maps for unseen targets, the training reference: seconds),
+with ``--predict N`` the seconds per label of ``predict`` (100 cells; N seen and N unseen
+labels; with the predicted mean pinned to the reference cells, as by default, and without),
 and the process's peak resident memory (after training, and at the end). A size that runs
 past ``--timeout`` keeps its training figures. With ``--backed`` the screen is written to a
 temporary h5ad (CSR) and trained from it opened ``backed="r"``: the expression is read batch
@@ -20,6 +22,7 @@ Usage::
     python benchmarks/scale.py --perturbations 10 300 --steps 20
     python benchmarks/scale.py --device cuda                    # on a GPU machine
     python benchmarks/scale.py --perturbations 2000 --backed     # from a backed h5ad
+    python benchmarks/scale.py --perturbations 300 2000 --predict 20   # and predict's cost
 
 Prints a markdown table and the command; ``--json`` also writes the rows.
 """
@@ -117,6 +120,7 @@ def measure(args) -> dict:
     return {
         **training_row(timer),
         "after_training_s": done - timer.fit_end,
+        **predict_row(model, args),
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         **(
             {"peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30}
@@ -124,6 +128,30 @@ def measure(args) -> dict:
             else {}
         ),
     }
+
+
+def predict_row(model, args) -> dict:
+    """Seconds per label of ``predict`` (100 cells each) with and without the pinned mean.
+
+    ``args.predict`` training labels and as many measured genes no perturbation targets
+    (unseen); nothing when ``--predict 0``.
+    """
+    if not args.predict:
+        return {}
+    import warnings
+
+    seen = [f"G{i}" for i in range(min(args.predict, args.one))]
+    unseen = [f"G{args.one + i}" for i in range(min(args.predict, args.genes - args.one))]
+    labels = seen + unseen
+    row = {}
+    for pin_mean in (True, False):
+        start = time.perf_counter()
+        with warnings.catch_warnings():  # random values extrapolate; the warning is not timed
+            warnings.simplefilter("ignore")
+            model.predict(labels, n_cells=100, seed=0, pin_mean=pin_mean)
+        name = "predict_s_per_label" if pin_mean else "predict_s_per_label_unpinned"
+        row[name] = (time.perf_counter() - start) / len(labels)
+    return row
 
 
 def main(argv=None) -> int:
@@ -138,6 +166,12 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per size")
     parser.add_argument("--json", help="also write the rows to this JSON file")
+    parser.add_argument(
+        "--predict",
+        type=int,
+        default=0,
+        help="also time predict on this many seen and as many unseen labels (100 cells each)",
+    )
     parser.add_argument(
         "--backed", action="store_true", help="train from the screen written to h5ad, backed"
     )
@@ -184,6 +218,8 @@ def main(argv=None) -> int:
         "peak_rss_gib",
         "model_setup_s",
     ]
+    if args.predict:
+        columns += ["predict_s_per_label", "predict_s_per_label_unpinned"]
     if args.device == "cuda":
         columns.append("peak_gpu_gib")
     print(f"Machine: {platform.platform()}, {args.device}, {args.threads} torch thread(s)")
