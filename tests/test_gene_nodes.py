@@ -232,3 +232,23 @@ def test_coexpression_graph_keeps_the_most_correlated_earlier_nodes(toy_adata):
     assert edges.sum(axis=0).max() <= 5
     with pytest.raises(ValueError, match="latent_nodes='genes'"):
         SCCVAE(toy_adata, n_latent=6, graph="coexpression", latent_nodes="abstract")
+
+
+def test_prediction_reuses_the_unperturbed_state(trained_model):
+    """``predict`` decodes the unperturbed cells once for every label: the same outputs."""
+    model = trained_model
+    module = model.module
+    unseen_node = next(g for g in model.latent_node_names_ if g not in model.targets_)
+    seen = model.targets_[0]
+    intervention = model._intervention([seen, unseen_node, f"{seen}+{unseen_node}"])
+    # the unseen node passes on only a share of its shift: the branch with node values
+    assert "propagation" in intervention.targets
+    z = torch.randn(30, module.n_latent, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        state = module.unperturbed(z)
+        for row in range(3):
+            weights = intervention.weights[row].expand(30, -1)
+            joint = module.generative(z, weights, targets=intervention.targets)
+            reused = module.generative(z, weights, targets=intervention.targets, unperturbed=state)
+            for key in ("u", "u_control", "prediction", "control_prediction"):
+                torch.testing.assert_close(reused[key], joint[key], rtol=1e-5, atol=1e-5)

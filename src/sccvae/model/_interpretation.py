@@ -101,17 +101,20 @@ class InterpretationMixin:
         shares = squared / squared.sum(dim=1, keepdim=True).clamp_min(1e-12)
         n_targets = weights.sum(dim=1, keepdim=True).clamp_min(1.0)
         source_mean = module.log_expression(source).mean(0)
+        unperturbed = module.unperturbed(z)
         causal, decoded = [], []
         for row in range(len(perturbations)):
             # the same generative pass as predict: shifts, propagation, residuals, saturation
-            outputs = module.generative(z, weights[row].expand(z.shape[0], -1), targets=targets)
+            outputs = module.generative(
+                z, weights[row].expand(z.shape[0], -1), targets=targets, unperturbed=unperturbed
+            )
             causal.append(outputs["u"].mean(0))
             drive = outputs["prediction"] - outputs["control_prediction"]
             cells = self._counterfactuals(
                 source, drive, weights[row], targets, log_normalized=True, reference=reference
             )
             decoded.append(cells.mean(0) - source_mean)
-        u0 = module.scm(z)
+        u0 = unperturbed["u"]
         obs = pd.DataFrame(
             {
                 self.perturbation_key_: requested,

@@ -114,6 +114,7 @@ class PredictionMixin:
         z, library, names, x = self._encode_controls(adata, n_cells, seed)
         source = x if counterfactual else None
         reference = self._reference_population() if counterfactual and pin_mean else None
+        unperturbed = self._unperturbed(z)
         blocks, obs, means = [], [], []
         for row, label in enumerate(perturbations):
             cells = self._decode_intervention(
@@ -124,6 +125,7 @@ class PredictionMixin:
                 source,
                 log_normalized,
                 reference,
+                unperturbed,
             )
             blocks.append(cells.cpu().numpy())
             means.append(self.module.log_expression(cells).mean(dim=0))
@@ -186,11 +188,18 @@ class PredictionMixin:
         z, library, names, source = self._encode_controls(adata, n_cells, seed)
         source = source if counterfactual else None
         reference = self._reference_population() if counterfactual and pin_mean else None
+        unperturbed = self._unperturbed(z)
         blocks, obs = [], []
         for level in penetrance:
             targets = intervention.scaled(level)
             cells = self._decode_intervention(
-                z, library, intervention.weights[0], targets, source, reference=reference
+                z,
+                library,
+                intervention.weights[0],
+                targets,
+                source,
+                reference=reference,
+                unperturbed=unperturbed,
             )
             blocks.append(cells.cpu().numpy())
             obs.append(
@@ -308,22 +317,26 @@ class PredictionMixin:
         source=None,
         log_normalized: bool = False,
         reference=None,
+        unperturbed: list[dict] | None = None,
     ) -> torch.Tensor:
         """Predicted cells under one intervention; with ``source`` cells, their counterfactuals.
 
         With a ``reference`` (:meth:`_reference_population`) the counterfactuals are pinned,
         as a group, to the mean change the model makes on it (:meth:`_counterfactuals`).
         ``log_normalized``: on the log-normalised scale rather than the input's (counts).
+        ``unperturbed``: :meth:`_unperturbed` of ``z``, shared by every intervention.
         """
         module = self.module
+        unperturbed = self._unperturbed(z) if unperturbed is None else unperturbed
         out = []
-        for start in range(0, z.shape[0], CHUNK):
+        for chunk, start in enumerate(range(0, z.shape[0], CHUNK)):
             z_chunk = z[start : start + CHUNK]
             outputs = module.generative(
                 z_chunk,
                 weights_row.expand(z_chunk.shape[0], -1),
                 library=library[start : start + CHUNK],
                 targets=targets,
+                unperturbed=unperturbed[chunk],
             )
             if source is None:
                 cells = module.expression_mean(outputs["prediction"], outputs["library"])
@@ -362,8 +375,18 @@ class PredictionMixin:
             ]
         )
 
-    def _reference_population(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draw the model's reference cells: their posterior ``z`` and log-normalised expression.
+    def _unperturbed(self, z: torch.Tensor) -> list[dict]:
+        """Return :meth:`~sccvae.SCCVAEModule.unperturbed` of ``z``, chunk by chunk.
+
+        It does not depend on the intervention: computed once, it serves every label.
+        """
+        return [self.module.unperturbed(z[i : i + CHUNK]) for i in range(0, z.shape[0], CHUNK)]
+
+    def _reference_population(self) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Draw the model's reference cells: posterior ``z``, log-normalised expression, state.
+
+        The state is their unperturbed one (:meth:`~sccvae.SCCVAEModule.unperturbed`), shared
+        by every intervention.
 
         :data:`~sccvae.model._gap.REFERENCE_CELLS` seeded training control cells, those the
         borrowed changes of unseen targets are pinned on. They stand for the population:
@@ -375,7 +398,7 @@ class PredictionMixin:
         control, _ = self._control_expression(self.adata)
         rows = np.arange(control.shape[0])
         z, standardized = reference_cells(module, control, rows, REFERENCE_CELLS, self.seed_)
-        return z, standardized * module.gene_scale + module.gene_center
+        return z, standardized * module.gene_scale + module.gene_center, module.unperturbed(z)
 
     def _cells_to_anndata(
         self, blocks: list[np.ndarray], obs: pd.DataFrame, return_mean: bool, group_key: str
@@ -407,8 +430,10 @@ class PredictionMixin:
 
 def _reference_change(module, reference, weights_row, targets) -> torch.Tensor:
     """Mean change of the ``reference`` cells' counterfactuals under one intervention."""
-    z, logged = reference
-    outputs = module.generative(z, weights_row.expand(z.shape[0], -1), targets=targets)
+    z, logged, unperturbed = reference
+    outputs = module.generative(
+        z, weights_row.expand(z.shape[0], -1), targets=targets, unperturbed=unperturbed
+    )
     drive = outputs["prediction"] - outputs["control_prediction"]
     return (module.moved_log_expression(logged, drive) - logged).mean(dim=0)
 

@@ -363,27 +363,36 @@ class SCCVAEModule(ShiftInterventionMixin, BaseModuleClass):
         target_weights: torch.Tensor,
         library: torch.Tensor | None = None,
         targets: dict[str, torch.Tensor] | None = None,
+        unperturbed: dict[str, torch.Tensor] | None = None,
     ) -> dict:
-        """Shift, propagate and decode: predictions for the perturbed and the unperturbed state."""
+        """Shift, propagate and decode: predictions for the perturbed and the unperturbed state.
+
+        ``unperturbed``: :meth:`unperturbed` of the same ``z``, reused rather than recomputed
+        (it does not depend on the intervention: prediction reuses it across labels).
+        """
         targets = self.training_targets() if targets is None else targets
-        shift = self.shift(target_weights, targets)
-        n = z.shape[0]
-        node_values = None
+        shift = passed = self.shift(target_weights, targets)
         if "propagation" in targets:
             # the network passes on only a share of each target's own shift; its own node
             # still takes all of it
             damped = {**targets, "magnitude": targets["magnitude"] * targets["propagation"]}
             passed = self.shift(target_weights, damped)
-            both = self._propagate(z, passed)
-            u_control = both[:n]
-            u = both[n:] + (shift - passed)
-            node_values = torch.cat([u_control, u])
+        n = z.shape[0]
+        if unperturbed is not None:
+            u_control, control_prediction = unperturbed["u"], unperturbed["prediction"]
+            propagated = self.scm(z + passed.expand_as(z))
+            u = propagated + (shift - passed)
+            prediction = self.decode(propagated, node_values=u)
         else:
-            both = self._propagate(z, shift)
+            both = self._propagate(z, passed)
             u_control, u = both[:n], both[n:]
-        # unperturbed and shifted cells in one pass of the decoder (one pass over its weights)
-        decoded = self.decode(both, node_values=node_values)
-        control_prediction, prediction = decoded[:n], decoded[n:]
+            node_values = None
+            if "propagation" in targets:
+                u = u + (shift - passed)
+                node_values = torch.cat([u_control, u])
+            # unperturbed and shifted cells in one pass of the decoder (one pass over its weights)
+            decoded = self.decode(both, node_values=node_values)
+            control_prediction, prediction = decoded[:n], decoded[n:]
         if "residual" in targets:
             prediction = prediction + self.gene_scale * (target_weights @ targets["residual"])
         prediction = control_prediction + self.saturate(prediction - control_prediction)
@@ -395,6 +404,11 @@ class SCCVAEModule(ShiftInterventionMixin, BaseModuleClass):
             "control_prediction": control_prediction,
             "library": library,
         }
+
+    def unperturbed(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Return the unperturbed state of ``z``: nodes ``u`` and decoded ``prediction``."""
+        u = self.scm(z)
+        return {"u": u, "prediction": self.decode(u)}
 
     def _propagate(self, z: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
         """``z`` and ``z + shift`` propagated in one solve (one pass over the graph's weights).
