@@ -262,6 +262,7 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--features", action="store_true")
     args = parser.parse_args(argv)
+    args.seeds = list(dict.fromkeys(args.seeds))  # a seed named twice is pooled once
     start = time.perf_counter()
     if args.data == "simulated":
         used = sorted(set(args.seeds) & set(TEST_SEEDS))
@@ -289,6 +290,10 @@ def main(argv=None) -> int:
                         }
                     )
     table = pd.DataFrame(rows)
+    unknown = sorted(set(args.references) - set(table.rule))
+    if unknown:
+        rules = list(table.rule.unique())
+        parser.error(f"--references {unknown} are not rules; the rules: {rules}")
     n = table["knock-out"].nunique()
     for reference_rule in args.references:
         print(

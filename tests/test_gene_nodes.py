@@ -235,20 +235,32 @@ def test_coexpression_graph_keeps_the_most_correlated_earlier_nodes(toy_adata):
 
 
 def test_prediction_reuses_the_unperturbed_state(trained_model):
-    """``predict`` decodes the unperturbed cells once for every label: the same outputs."""
+    """``generative`` with the unperturbed state given (as prediction passes it for every label)
+    gives the joint pass's outputs."""
     model = trained_model
     module = model.module
     unseen_node = next(g for g in model.latent_node_names_ if g not in model.targets_)
-    seen = model.targets_[0]
-    intervention = model._intervention([seen, unseen_node, f"{seen}+{unseen_node}"])
-    # the unseen node passes on only a share of its shift: the branch with node values
-    assert "propagation" in intervention.targets
+    intervention = model._intervention([unseen_node, f"{model.targets_[0]}+{unseen_node}"])
+    training = module.training_targets()
+    # prediction's targets pass on a share of each shift (node values given); training's do not
+    assert "propagation" in intervention.targets and "propagation" not in training
+    # half of each shift passed on, so that a target's own node differs from what it passes
+    halved = {**intervention.targets}
+    halved["propagation"] = torch.full_like(halved["propagation"], 0.5)
+    n_trained = training["magnitude"].shape[0]
+    cases = [
+        (intervention.targets, intervention.weights),
+        (halved, intervention.weights),
+        (training, torch.eye(n_trained)[:2]),
+    ]
     z = torch.randn(30, module.n_latent, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         state = module.unperturbed(z)
-        for row in range(3):
-            weights = intervention.weights[row].expand(30, -1)
-            joint = module.generative(z, weights, targets=intervention.targets)
-            reused = module.generative(z, weights, targets=intervention.targets, unperturbed=state)
-            for key in ("u", "u_control", "prediction", "control_prediction"):
-                torch.testing.assert_close(reused[key], joint[key], rtol=1e-5, atol=1e-5)
+        for targets, weights in cases:
+            for row in weights:
+                joint = module.generative(z, row.expand(30, -1), targets=targets)
+                reused = module.generative(
+                    z, row.expand(30, -1), targets=targets, unperturbed=state
+                )
+                for key in ("u", "u_control", "prediction", "control_prediction"):
+                    torch.testing.assert_close(reused[key], joint[key], rtol=1e-5, atol=1e-5)
