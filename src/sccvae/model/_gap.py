@@ -12,6 +12,8 @@ solution of a monotone equation, found by a safeguarded Newton iteration
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 
@@ -23,6 +25,20 @@ from ..module._saturation import saturated_with_slope
 #: changes are pinned on them, and :meth:`~sccvae.SCCVAE.predict` gives its predicted cells
 #: the mean change the model makes on them.
 REFERENCE_CELLS = 256
+
+
+class ReferenceCells(NamedTuple):
+    """The model's :data:`REFERENCE_CELLS` seeded training control cells, read once.
+
+    ``z``: their posterior draw; ``standardized`` and ``logged``: their expression,
+    standardised and log-normalised; ``unperturbed``: the module's unperturbed state of ``z``
+    (:meth:`~sccvae.module._module.SCCVAEModule.unperturbed`).
+    """
+
+    z: torch.Tensor
+    standardized: torch.Tensor
+    logged: torch.Tensor
+    unperturbed: dict[str, torch.Tensor]
 
 
 @torch.no_grad()

@@ -31,7 +31,7 @@ import torch
 
 from .._inputs import dense, log_normalize, registered_expression
 from ._borrowing import borrowing_weights, control_signatures, similarities
-from ._gap import REFERENCE_CELLS, fitted_gap, reference_cells
+from ._gap import fitted_gap
 
 #: How the own-node shift ``c`` of an unseen node gene is predicted from the training
 #: targets' ``c`` (standardised units):
@@ -354,25 +354,23 @@ class InterventionMixin:
         shifts = weights @ label_shifts
         return shifts, self._pinned_residuals(shifts, weights @ changes)
 
-    def _pinned_residuals(
-        self, shifts: torch.Tensor, wanted: torch.Tensor, n_cells: int = REFERENCE_CELLS
-    ) -> torch.Tensor:
+    def _pinned_residuals(self, shifts: torch.Tensor, wanted: torch.Tensor) -> torch.Tensor:
         """Gene residuals that make each latent shift's mean change the ``wanted`` one.
 
-        On a seeded draw of training control cells (as the calibration uses), the change the
-        structure predicts for each shift is completed by the gene-wise shift that brings its
-        mean, saturated and clipped at the expression floor, to ``wanted`` (standardised).
+        On the model's reference cells (:meth:`_reference_population`, the seeded draw of
+        training control cells that predictions are pinned on), the change the structure
+        predicts for each shift is completed by the gene-wise shift that brings its mean,
+        saturated and clipped at the expression floor, to ``wanted`` (standardised).
         """
         module = self.module
-        control, _ = self._control_expression(self.adata)
-        rows = np.arange(control.shape[0])
-        z, cells = reference_cells(module, control, rows, n_cells, self.seed_)
-        reference = module.standardized_prediction(module.decode(module.scm(z)))
+        reference = self._reference_population()
+        z = reference.z
+        unperturbed = module.standardized_prediction(reference.unperturbed["prediction"])
         residuals = []
         for shift, target in zip(shifts, wanted, strict=True):
             shifted = module.decode(module.scm(z, shift.expand_as(z)))
-            drive = module.standardized_prediction(shifted) - reference
-            residuals.append(fitted_gap(module, cells, drive, target))
+            drive = module.standardized_prediction(shifted) - unperturbed
+            residuals.append(fitted_gap(module, reference.standardized, drive, target))
         return torch.stack(residuals)
 
     def _label_columns(self, rows: torch.Tensor) -> list[list[int]]:

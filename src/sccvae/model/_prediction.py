@@ -14,7 +14,7 @@ import torch
 
 from .._inputs import CHUNK, check_model_genes, dense, registered_expression
 from .._perturbations import canonical, check_control_label, perturbation_labels
-from ._gap import REFERENCE_CELLS, pinned_mean_shift, reference_cells
+from ._gap import REFERENCE_CELLS, ReferenceCells, pinned_mean_shift, reference_cells
 from ._reference import flag_extrapolation
 
 logger = logging.getLogger(__name__)
@@ -382,14 +382,12 @@ class PredictionMixin:
         """
         return [self.module.unperturbed(z[i : i + CHUNK]) for i in range(0, z.shape[0], CHUNK)]
 
-    def _reference_population(self) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """Draw the model's reference cells: posterior ``z``, log-normalised expression, state.
-
-        The state is their unperturbed one (:meth:`~sccvae.SCCVAEModule.unperturbed`), shared
-        by every intervention.
+    def _reference_population(self) -> ReferenceCells:
+        """Draw the model's reference cells (:class:`~sccvae.model._gap.ReferenceCells`).
 
         :data:`~sccvae.model._gap.REFERENCE_CELLS` seeded training control cells, those the
-        borrowed changes of unseen targets are pinned on. They stand for the population:
+        borrowed changes of unseen targets are pinned on (the same draw every time, and the
+        same as :meth:`_pinned_residuals` fits on). They stand for the population:
         counterfactuals of a few source cells differ in their mean change by which cells were
         drawn (a cell with no count of a gene cannot lose it), and the model's estimate of a
         perturbation's mean change should not.
@@ -398,7 +396,8 @@ class PredictionMixin:
         control, _ = self._control_expression(self.adata)
         rows = np.arange(control.shape[0])
         z, standardized = reference_cells(module, control, rows, REFERENCE_CELLS, self.seed_)
-        return z, standardized * module.gene_scale + module.gene_center, module.unperturbed(z)
+        logged = standardized * module.gene_scale + module.gene_center
+        return ReferenceCells(z, standardized, logged, module.unperturbed(z))
 
     def _cells_to_anndata(
         self, blocks: list[np.ndarray], obs: pd.DataFrame, return_mean: bool, group_key: str
@@ -428,11 +427,11 @@ class PredictionMixin:
         return expression[rows], adata.obs_names[rows].to_numpy()
 
 
-def _reference_change(module, reference, weights_row, targets) -> torch.Tensor:
+def _reference_change(module, reference: ReferenceCells, weights_row, targets) -> torch.Tensor:
     """Mean change of the ``reference`` cells' counterfactuals under one intervention."""
-    z, logged, unperturbed = reference
+    z, logged = reference.z, reference.logged
     outputs = module.generative(
-        z, weights_row.expand(z.shape[0], -1), targets=targets, unperturbed=unperturbed
+        z, weights_row.expand(z.shape[0], -1), targets=targets, unperturbed=reference.unperturbed
     )
     drive = outputs["prediction"] - outputs["control_prediction"]
     return (module.moved_log_expression(logged, drive) - logged).mean(dim=0)
